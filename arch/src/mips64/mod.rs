@@ -1,0 +1,1 @@
+//! MIPS64 (Cavium Octeon) support.
