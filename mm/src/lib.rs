@@ -5,5 +5,9 @@
 //! concurrency protocols are model-checked.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
+pub mod addr;
 pub mod cpu;
+pub mod frame;
+pub mod phys;
+pub mod spinlock;
 pub mod sync;
