@@ -178,6 +178,9 @@ pub enum Fault {
     /// RCU: a callback queued during a grace period is satisfied by that
     /// grace period, which may have started before the removal it protects.
     RcuSnapCountsCurrentGp = 1 << 1,
+    /// RCU: the grace-period engine samples an idle CPU's counter with a
+    /// plain load instead of a read-modify-write.
+    RcuIdleSampleLoad = 1 << 2,
 }
 
 #[cfg(loom)]
