@@ -65,7 +65,7 @@ pub use meta::{PageFlags, PageMeta};
 use crate::addr::{Frame, PhysAddr, PAGE_SIZE};
 use crate::cpu::{CachePadded, CpuId, MAX_CPUS};
 use crate::phys::DirectMap;
-use crate::spinlock::SpinLock;
+use crate::sync::SpinLock;
 use crate::sync::{AtomicU32, Ordering};
 
 /// Largest block order: 2^10 frames = 4 MiB.
