@@ -10,4 +10,5 @@ pub mod cpu;
 pub mod frame;
 pub mod phys;
 pub mod rcu;
+pub mod slab;
 pub mod sync;

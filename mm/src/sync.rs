@@ -181,6 +181,9 @@ pub enum Fault {
     /// RCU: the grace-period engine samples an idle CPU's counter with a
     /// plain load instead of a read-modify-write.
     RcuIdleSampleLoad = 1 << 2,
+    /// Slab: a type-safe-by-RCU cache frees an empty slab page at once
+    /// instead of after a grace period.
+    SlabFreeWithoutGracePeriod = 1 << 8,
 }
 
 #[cfg(loom)]
