@@ -613,6 +613,14 @@ impl<'a, T: SlabObject> Slab<'a, T> {
         drop(self);
     }
 
+    /// Slab pages queued with [`Rcu::call`] whose callback has not run
+    /// yet (one atomic load; [`Self::stats`] takes every lock).
+    pub fn pages_pending_rcu(&self) -> u64 {
+        // Acquire: pairs with the Release decrement in `rcu_free_page`, so
+        // a caller that sees the page gone also sees it freed.
+        self.inner().pages_pending_rcu.load(Ordering::Acquire)
+    }
+
     /// Accounting snapshot.
     pub fn stats(&self) -> SlabStats {
         let inner = self.inner();
