@@ -107,11 +107,8 @@ fn run(hf: &HostFrames, ops: &[Op]) {
                 let f = Frame::from_pfn(pfn);
                 let p = hf.frame_ptr(f).unwrap();
                 // SAFETY: the block is ours until the free below.
-                assert_eq!(
-                    unsafe { p.as_ptr().cast::<u64>().read() },
-                    pfn,
-                    "block aliased"
-                );
+                let stamp = unsafe { p.as_ptr().cast::<u64>().read() };
+                assert_eq!(stamp, pfn, "block aliased");
                 // SAFETY: allocated, not yet freed, unused from here.
                 unsafe { hf.free(cpu, f, order) };
             }

@@ -710,7 +710,7 @@ impl<'a, T: SlabObject> Slab<'a, T> {
                 .filter(|m| m.flags().contains(PageFlags::SLAB))
                 .map(|m| m.private.load(Ordering::Relaxed).cast::<PageHeader>())
                 // SAFETY: SLAB frames' `private` points at a live header.
-                .is_some_and(|h| unsafe { (*h).cache } == self.inner.as_ptr() as *const _);
+                .is_some_and(|h| ptr::eq(unsafe { (*h).cache }, self.inner.as_ptr()));
             assert!(
                 ok,
                 "slab '{}': {:p} is not an object of this cache",
