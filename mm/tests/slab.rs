@@ -286,7 +286,8 @@ fn slab_stale_readers_never_see_a_freed_page() {
     let table: Vec<AtomicPtr<u8>> = (0..SLOTS)
         .map(|_| AtomicPtr::new(std::ptr::null_mut()))
         .collect();
-    let rounds = if cfg!(miri) { 30 } else { 30_000 };
+    let rounds = if cfg!(miri) { 60 } else { 30_000 };
+    let shrink_every = if cfg!(miri) { 4 } else { 16 };
     let next_id = AtomicU64::new(1);
     let pinned_reads = AtomicU64::new(0);
 
@@ -398,7 +399,7 @@ fn slab_stale_readers_never_see_a_freed_page() {
                         }
                         drop(g);
                     }
-                    if round % 16 == 0 {
+                    if round % shrink_every == 0 {
                         slab.shrink(cpu);
                     }
                     h.quiescent_state();
