@@ -8,6 +8,8 @@
 
 pub mod cmdline;
 pub mod memmap;
+pub mod options;
+pub mod pvh;
 
 pub use cmdline::CmdLine;
 pub use memmap::{MemoryMap, Region, RegionKind};
