@@ -13,7 +13,8 @@ fn main() {
         // Host builds (e.g. `cargo check` without --target) link nothing.
         _ => return,
     };
-    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let path = dir.join("..").join("linker").join(script);
     println!("cargo:rerun-if-changed={}", path.display());
     println!("cargo:rustc-link-arg-bins=-T{}", path.display());

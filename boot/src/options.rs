@@ -35,11 +35,17 @@ pub enum Workload {
 }
 
 impl Scenario {
-    pub const ALL: [(&'static str, Scenario); 3] =
-        [("boot", Scenario::Boot), ("pagefault", Scenario::PageFault), ("panic", Scenario::Panic)];
+    pub const ALL: [(&'static str, Scenario); 3] = [
+        ("boot", Scenario::Boot),
+        ("pagefault", Scenario::PageFault),
+        ("panic", Scenario::Panic),
+    ];
 
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(_, s)| *s == self).map_or("?", |(n, _)| n)
+        Self::ALL
+            .iter()
+            .find(|(_, s)| *s == self)
+            .map_or("?", |(n, _)| n)
     }
 }
 
@@ -47,7 +53,10 @@ impl Workload {
     pub const ALL: [(&'static str, Workload); 1] = [("none", Workload::None)];
 
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(_, w)| *w == self).map_or("?", |(n, _)| n)
+        Self::ALL
+            .iter()
+            .find(|(_, w)| *w == self)
+            .map_or("?", |(n, _)| n)
     }
 }
 
@@ -82,14 +91,20 @@ impl fmt::Display for OptionError<'_> {
         match self {
             OptionError::UnknownKey(k) => write!(f, "unknown key `{k}`"),
             OptionError::MissingValue(k) => write!(f, "`{k}` needs a value (`{k}=...`)"),
-            OptionError::BadValue { key, value } => write!(f, "`{value}` is not a valid value for `{key}`"),
+            OptionError::BadValue { key, value } => {
+                write!(f, "`{value}` is not a valid value for `{key}`")
+            }
             OptionError::Duplicate(k) => write!(f, "`{k}` given more than once"),
         }?;
         write!(f, "; valid keys: {VALID_KEYS}")
     }
 }
 
-fn lookup<'a, T: Copy>(table: &[(&str, T)], key: &'a str, value: &'a str) -> Result<T, OptionError<'a>> {
+fn lookup<'a, T: Copy>(
+    table: &[(&str, T)],
+    key: &'a str,
+    value: &'a str,
+) -> Result<T, OptionError<'a>> {
     table
         .iter()
         .find(|(n, _)| *n == value)
@@ -137,7 +152,11 @@ mod tests {
         assert_eq!(parse("").unwrap(), Options::default());
         assert_eq!(
             parse(" test=pagefault  per_vma_lock=off workload=none ").unwrap(),
-            Options { test: Some(Scenario::PageFault), workload: Workload::None, per_vma_lock: Some(false) }
+            Options {
+                test: Some(Scenario::PageFault),
+                workload: Workload::None,
+                per_vma_lock: Some(false)
+            }
         );
         assert_eq!(parse("per_vma_lock=on").unwrap().per_vma_lock, Some(true));
         assert_eq!(parse("test=panic").unwrap().test, Some(Scenario::Panic));
@@ -147,16 +166,30 @@ mod tests {
     #[test]
     fn rejects_unknown_keys_and_bad_values_with_the_list() {
         let e = parse("test=boot quiet").unwrap_err();
-        assert!(e.starts_with("`quiet` needs a value") || e.starts_with("unknown key `quiet`"), "{e}");
+        assert!(
+            e.starts_with("`quiet` needs a value") || e.starts_with("unknown key `quiet`"),
+            "{e}"
+        );
         assert!(e.ends_with(VALID_KEYS), "{e}");
-        assert_eq!(parse("verbose=1").unwrap_err(), format!("unknown key `verbose`; valid keys: {VALID_KEYS}"));
+        assert_eq!(
+            parse("verbose=1").unwrap_err(),
+            format!("unknown key `verbose`; valid keys: {VALID_KEYS}")
+        );
         assert_eq!(
             parse("test=reboot").unwrap_err(),
             format!("`reboot` is not a valid value for `test`; valid keys: {VALID_KEYS}")
         );
-        assert!(parse("per_vma_lock=yes").unwrap_err().starts_with("`yes` is not a valid value for `per_vma_lock`"));
-        assert!(parse("workload=").unwrap_err().starts_with("`` is not a valid value for `workload`"));
-        assert!(parse("test").unwrap_err().starts_with("`test` needs a value"));
-        assert!(parse("test=boot test=panic").unwrap_err().starts_with("`test` given more than once"));
+        assert!(parse("per_vma_lock=yes")
+            .unwrap_err()
+            .starts_with("`yes` is not a valid value for `per_vma_lock`"));
+        assert!(parse("workload=")
+            .unwrap_err()
+            .starts_with("`` is not a valid value for `workload`"));
+        assert!(parse("test")
+            .unwrap_err()
+            .starts_with("`test` needs a value"));
+        assert!(parse("test=boot test=panic")
+            .unwrap_err()
+            .starts_with("`test` given more than once"));
     }
 }

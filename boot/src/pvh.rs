@@ -54,11 +54,16 @@ pub trait PhysMem {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PvhError {
     /// A structure lies (partly) outside readable memory.
-    Unreadable { what: &'static str, addr: u64 },
+    Unreadable {
+        what: &'static str,
+        addr: u64,
+    },
     /// `magic` is not [`START_INFO_MAGIC`]: not a PVH boot, or a bad pointer.
     BadMagic(u32),
     /// Version 0 has no memory map, and Samara has no other way to find RAM.
-    NoMemoryMap { version: u32 },
+    NoMemoryMap {
+        version: u32,
+    },
     /// More memory-map entries than [`MAX_MEMMAP_ENTRIES`].
     TooManyEntries(u32),
     /// The memory map lists no usable RAM.
@@ -74,17 +79,26 @@ impl fmt::Display for PvhError {
         match self {
             PvhError::Unreadable { what, addr } => write!(f, "{what} at {addr:#x} is not readable"),
             PvhError::BadMagic(m) => {
-                write!(f, "start info magic is {m:#x}, expected {START_INFO_MAGIC:#x}")
+                write!(
+                    f,
+                    "start info magic is {m:#x}, expected {START_INFO_MAGIC:#x}"
+                )
             }
             PvhError::NoMemoryMap { version } => {
-                write!(f, "start info version {version} has no memory map (need version >= 1)")
+                write!(
+                    f,
+                    "start info version {version} has no memory map (need version >= 1)"
+                )
             }
             PvhError::TooManyEntries(n) => {
                 write!(f, "{n} memory map entries, more than {MAX_MEMMAP_ENTRIES}")
             }
             PvhError::NoUsableMemory => f.write_str("the memory map lists no usable RAM"),
             PvhError::CmdLineUnterminated => {
-                write!(f, "command line has no terminating NUL within {MAX_CMDLINE} bytes")
+                write!(
+                    f,
+                    "command line has no terminating NUL within {MAX_CMDLINE} bytes"
+                )
             }
             PvhError::CmdLine(e) => write!(f, "{e}"),
             PvhError::Map(e) => write!(f, "memory map: {e}"),
@@ -106,8 +120,14 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from(u32_at(b, off)) | (u64::from(u32_at(b, off + 4)) << 32)
 }
 
-fn read<'m>(mem: &'m impl PhysMem, what: &'static str, pa: u64, len: usize) -> Result<&'m [u8], PvhError> {
-    mem.read(pa, len).ok_or(PvhError::Unreadable { what, addr: pa })
+fn read<'m>(
+    mem: &'m impl PhysMem,
+    what: &'static str,
+    pa: u64,
+    len: usize,
+) -> Result<&'m [u8], PvhError> {
+    mem.read(pa, len)
+        .ok_or(PvhError::Unreadable { what, addr: pa })
 }
 
 /// Reserves `[start, start + len)` rounded out to whole pages.
@@ -128,7 +148,11 @@ fn reserve(map: &mut MemoryMap, start: u64, len: u64, kind: RegionKind) -> Resul
 /// marked [`RegionKind::BootData`] (everything needed from them is copied
 /// into the result, so they may be reclaimed later). Usable RAM is trimmed
 /// inward to whole 4 KiB pages.
-pub fn parse(mem: &impl PhysMem, start_info_pa: u64, kernel: Range<u64>) -> Result<BootInfo, PvhError> {
+pub fn parse(
+    mem: &impl PhysMem,
+    start_info_pa: u64,
+    kernel: Range<u64>,
+) -> Result<BootInfo, PvhError> {
     let head = read(mem, "start info", start_info_pa, START_INFO_V0_SIZE)?;
     let magic = u32_at(head, 0);
     if magic != START_INFO_MAGIC {
@@ -189,14 +213,34 @@ pub fn parse(mem: &impl PhysMem, start_info_pa: u64, kernel: Range<u64>) -> Resu
     }
 
     reserve(&mut memory, 0, LOW_MEMORY_END, RegionKind::Reserved)?;
-    reserve(&mut memory, kernel.start, kernel.end.saturating_sub(kernel.start), RegionKind::Kernel)?;
-    reserve(&mut memory, start_info_pa, START_INFO_V1_SIZE as u64, RegionKind::BootData)?;
-    reserve(&mut memory, memmap_pa, table_len as u64, RegionKind::BootData)?;
+    reserve(
+        &mut memory,
+        kernel.start,
+        kernel.end.saturating_sub(kernel.start),
+        RegionKind::Kernel,
+    )?;
+    reserve(
+        &mut memory,
+        start_info_pa,
+        START_INFO_V1_SIZE as u64,
+        RegionKind::BootData,
+    )?;
+    reserve(
+        &mut memory,
+        memmap_pa,
+        table_len as u64,
+        RegionKind::BootData,
+    )?;
     if cmdline_pa != 0 {
         reserve(&mut memory, cmdline_pa, cmdline_len, RegionKind::BootData)?;
     }
 
-    Ok(BootInfo { memory, cmdline, platform: "pvh", cpu_count: 1 })
+    Ok(BootInfo {
+        memory,
+        cmdline,
+        platform: "pvh",
+        cpu_count: 1,
+    })
 }
 
 #[cfg(test)]
@@ -254,7 +298,10 @@ mod tests {
 
     /// What QEMU's q35 with -m 128M hands a PVH kernel, plus a command line.
     fn qemu_like(cmdline: &[u8]) -> FakeMem {
-        let mut m = FakeMem { base: BASE, bytes: vec![0; 0x1000] };
+        let mut m = FakeMem {
+            base: BASE,
+            bytes: vec![0; 0x1000],
+        };
         let table: Vec<u8> = [
             entry(0, 0x9fc00, E820_RAM),
             entry(0x9fc00, 0x400, 2),
@@ -274,7 +321,11 @@ mod tests {
     }
 
     fn spans(info: &BootInfo) -> Vec<(u64, u64, RegionKind)> {
-        info.memory.regions().iter().map(|r| (r.start, r.end, r.kind)).collect()
+        info.memory
+            .regions()
+            .iter()
+            .map(|r| (r.start, r.end, r.kind))
+            .collect()
     }
 
     #[test]
@@ -299,7 +350,10 @@ mod tests {
 
     #[test]
     fn boot_data_above_1m_is_kept_out_of_usable_ram() {
-        let mut m = FakeMem { base: 0x20_0000, bytes: vec![0; 0x1000] };
+        let mut m = FakeMem {
+            base: 0x20_0000,
+            bytes: vec![0; 0x1000],
+        };
         let si = 0x20_0000;
         let mut s = start_info(1, 0, 1);
         s[40..48].copy_from_slice(&0x20_0800u64.to_le_bytes());
@@ -322,12 +376,24 @@ mod tests {
     #[test]
     fn trims_unaligned_ram_and_rounds_reservations_out() {
         let mut m = qemu_like(b"\0");
-        put(&mut m, MAP, &[entry(0x20_0123, 0x10_0000, E820_RAM), entry(0x28_0010, 0x10, 2)].concat());
+        put(
+            &mut m,
+            MAP,
+            &[
+                entry(0x20_0123, 0x10_0000, E820_RAM),
+                entry(0x28_0010, 0x10, 2),
+            ]
+            .concat(),
+        );
         put(&mut m, SI, &start_info(1, CMD, 2));
         let info = parse(&m, SI, 0x10_0000..0x10_1000).unwrap();
         assert_eq!(
             spans(&info)[2..],
-            [(0x20_1000, 0x28_0000, Usable), (0x28_0000, 0x28_1000, Reserved), (0x28_1000, 0x30_0000, Usable)]
+            [
+                (0x20_1000, 0x28_0000, Usable),
+                (0x28_0000, 0x28_1000, Reserved),
+                (0x28_1000, 0x30_0000, Usable)
+            ]
         );
     }
 
@@ -339,11 +405,17 @@ mod tests {
 
         let mut m = qemu_like(b"\0");
         put(&mut m, SI, &start_info(0, CMD, 9));
-        assert_eq!(parse(&m, SI, 0..0).unwrap_err(), PvhError::NoMemoryMap { version: 0 });
+        assert_eq!(
+            parse(&m, SI, 0..0).unwrap_err(),
+            PvhError::NoMemoryMap { version: 0 }
+        );
 
         let mut m = qemu_like(b"\0");
         put(&mut m, SI, &start_info(1, CMD, 129));
-        assert_eq!(parse(&m, SI, 0..0).unwrap_err(), PvhError::TooManyEntries(129));
+        assert_eq!(
+            parse(&m, SI, 0..0).unwrap_err(),
+            PvhError::TooManyEntries(129)
+        );
 
         // 100 entries run past the end of readable memory.
         let mut m = qemu_like(b"\0");
@@ -351,13 +423,19 @@ mod tests {
         put(&mut m, SI, &start_info(1, CMD, 100));
         assert_eq!(
             parse(&m, SI, 0..0).unwrap_err(),
-            PvhError::Unreadable { what: "memory map", addr: MAP }
+            PvhError::Unreadable {
+                what: "memory map",
+                addr: MAP
+            }
         );
 
         let m = qemu_like(b"\0");
         assert_eq!(
             parse(&m, 0x1_0000, 0..0).unwrap_err(),
-            PvhError::Unreadable { what: "start info", addr: 0x1_0000 }
+            PvhError::Unreadable {
+                what: "start info",
+                addr: 0x1_0000
+            }
         );
 
         let mut m = qemu_like(b"\0");
@@ -380,12 +458,18 @@ mod tests {
         m.bytes[(CMD - BASE) as usize..end].fill(b'x');
         assert_eq!(
             parse(&m, SI, 0..0).unwrap_err(),
-            PvhError::Unreadable { what: "command line", addr: BASE + end as u64 }
+            PvhError::Unreadable {
+                what: "command line",
+                addr: BASE + end as u64
+            }
         );
         // No NUL within MAX_CMDLINE bytes.
         let mut m = qemu_like(b"");
         m.bytes.resize(0x8000, b'x');
         m.bytes[(CMD - BASE) as usize..].fill(b'x');
-        assert_eq!(parse(&m, SI, 0..0).unwrap_err(), PvhError::CmdLineUnterminated);
+        assert_eq!(
+            parse(&m, SI, 0..0).unwrap_err(),
+            PvhError::CmdLineUnterminated
+        );
     }
 }

@@ -50,11 +50,22 @@ impl fmt::Display for Size {
 }
 
 fn banner(info: &BootInfo) {
-    let build = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     println!();
-    println!("Samara {} ({}, {build} build)", env!("CARGO_PKG_VERSION"), arch::NAME);
+    println!(
+        "Samara {} ({}, {build} build)",
+        env!("CARGO_PKG_VERSION"),
+        arch::NAME
+    );
     println!("  cpu:          {}", arch::cpu::description());
-    println!("  platform:     {}, {} CPU(s) reported", info.platform, info.cpu_count);
+    println!(
+        "  platform:     {}, {} CPU(s) reported",
+        info.platform, info.cpu_count
+    );
     let m = &info.memory;
     println!(
         "  memory:       {} usable, {} kernel, {} boot data, {} reserved, in {} regions",
@@ -75,7 +86,10 @@ pub extern "Rust" fn samara_main(info: &'static BootInfo) -> ! {
     banner(info);
     let opts = match Options::parse(&info.cmdline) {
         Ok(o) => o,
-        Err(e) => finish(ExitStatus::Failure, format_args!("bad kernel command line: {e}")),
+        Err(e) => finish(
+            ExitStatus::Failure,
+            format_args!("bad kernel command line: {e}"),
+        ),
     };
     let per_vma_lock = match (PER_VMA_LOCK_BUILT, opts.per_vma_lock) {
         (false, Some(true)) => finish(
@@ -89,7 +103,11 @@ pub extern "Rust" fn samara_main(info: &'static BootInfo) -> ! {
     };
     println!(
         "  per-vma-lock: {}, {}",
-        if PER_VMA_LOCK_BUILT { "compiled in" } else { "compiled out" },
+        if PER_VMA_LOCK_BUILT {
+            "compiled in"
+        } else {
+            "compiled out"
+        },
         if per_vma_lock { "enabled" } else { "disabled" }
     );
     match opts.test {
@@ -97,7 +115,9 @@ pub extern "Rust" fn samara_main(info: &'static BootInfo) -> ! {
             let checked = check_physmap(info);
             finish(
                 ExitStatus::Success,
-                format_args!("test boot: booted, {checked} usable regions reachable, exited cleanly"),
+                format_args!(
+                    "test boot: booted, {checked} usable regions reachable, exited cleanly"
+                ),
             )
         }
         Some(Scenario::PageFault) => pagefault_scenario(),
@@ -106,7 +126,10 @@ pub extern "Rust" fn samara_main(info: &'static BootInfo) -> ! {
             panic!("deliberate panic (test=panic)");
         }
         None => match opts.workload {
-            Workload::None => finish(ExitStatus::Success, format_args!("workload none: nothing to run")),
+            Workload::None => finish(
+                ExitStatus::Success,
+                format_args!("workload none: nothing to run"),
+            ),
         },
     }
 }
@@ -116,7 +139,12 @@ pub extern "Rust" fn samara_main(info: &'static BootInfo) -> ! {
 /// RAM. Returns the number of regions checked.
 fn check_physmap(info: &BootInfo) -> usize {
     let mut checked = 0;
-    for r in info.memory.regions().iter().filter(|r| r.kind == RegionKind::Usable) {
+    for r in info
+        .memory
+        .regions()
+        .iter()
+        .filter(|r| r.kind == RegionKind::Usable)
+    {
         for pa in [r.start, r.end - 8] {
             let p = arch::paging::phys_to_virt(pa) as *mut u64;
             let pattern = 0x5a5a_0000_0000_0000 | pa;
@@ -132,7 +160,10 @@ fn check_physmap(info: &BootInfo) -> usize {
                 back == pattern
             };
             if !ok {
-                finish(ExitStatus::Failure, format_args!("test boot: physmap word at PA {pa:#x} does not hold data"));
+                finish(
+                    ExitStatus::Failure,
+                    format_args!("test boot: physmap word at PA {pa:#x} does not hold data"),
+                );
             }
         }
         checked += 1;
@@ -171,7 +202,11 @@ pub extern "Rust" fn samara_kernel_fault(r: &FaultReport) -> ! {
         r.access,
         r.address,
         r.pc,
-        if r.present { "protection violation" } else { "not present" },
+        if r.present {
+            "protection violation"
+        } else {
+            "not present"
+        },
         if r.user { "user" } else { "kernel" },
         r.raw
     );
@@ -200,7 +235,14 @@ fn panic(info: &PanicInfo<'_>) -> ! {
     let mut w = console::emergency_writer();
     match info.location() {
         Some(l) => {
-            let _ = writeln!(w, "\nkernel panicked at {}:{}:{}:\n{}", l.file(), l.line(), l.column(), info.message());
+            let _ = writeln!(
+                w,
+                "\nkernel panicked at {}:{}:{}:\n{}",
+                l.file(),
+                l.line(),
+                l.column(),
+                info.message()
+            );
         }
         None => {
             let _ = writeln!(w, "\nkernel panicked:\n{}", info.message());

@@ -39,7 +39,9 @@ pub struct PerCpu<T> {
 
 impl<T> PerCpu<T> {
     pub fn new(mut init: impl FnMut(CpuId) -> T) -> Self {
-        PerCpu { slots: core::array::from_fn(|i| CachePadded(init(i))) }
+        PerCpu {
+            slots: core::array::from_fn(|i| CachePadded(init(i))),
+        }
     }
 
     #[inline(always)]

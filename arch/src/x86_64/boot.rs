@@ -213,8 +213,8 @@ extern "C" fn x86_64_start(start_info_pa: u64) -> ! {
 
     // Both symbols are defined by linker/x86_64.ld; only their addresses
     // (physical, as absolute symbols) are used, never their contents.
-    let kernel =
-        core::ptr::addr_of!(__kernel_phys_start) as u64..core::ptr::addr_of!(__kernel_phys_end) as u64;
+    let kernel = core::ptr::addr_of!(__kernel_phys_start) as u64
+        ..core::ptr::addr_of!(__kernel_phys_end) as u64;
     let mut info = match pvh::parse(&BootPhysmap, start_info_pa, kernel) {
         Ok(info) => info,
         Err(e) => {

@@ -48,7 +48,13 @@ pub fn description() -> Description {
             }
         }
     }
-    Description { vendor, family, model, stepping, brand }
+    Description {
+        vendor,
+        family,
+        model,
+        stepping,
+        brand,
+    }
 }
 
 impl fmt::Display for Description {
@@ -59,7 +65,11 @@ impl fmt::Display for Description {
             "{vendor} family {:#x} model {:#x} stepping {}",
             self.family, self.model, self.stepping
         )?;
-        let len = self.brand.iter().position(|&b| b == 0).unwrap_or(self.brand.len());
+        let len = self
+            .brand
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.brand.len());
         if let Ok(brand) = core::str::from_utf8(&self.brand[..len]) {
             let brand = brand.trim();
             if !brand.is_empty() {

@@ -298,7 +298,10 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     }
     // No other exception is expected yet: report everything we know and
     // stop through the kernel's panic path (which exits QEMU with failure).
-    let name = NAMES.get(frame.vector as usize).copied().unwrap_or("unknown vector");
+    let name = NAMES
+        .get(frame.vector as usize)
+        .copied()
+        .unwrap_or("unknown vector");
     let mut out = crate::RawWriter(super::console::write_bytes);
     let _ = write!(
         out,
@@ -329,5 +332,8 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         frame.r14,
         frame.r15,
     );
-    panic!("unhandled exception {} ({name}) at rip {:#x}", frame.vector, frame.rip);
+    panic!(
+        "unhandled exception {} ({name}) at rip {:#x}",
+        frame.vector, frame.rip
+    );
 }
