@@ -50,7 +50,9 @@ impl FromStr for Arch {
         match s {
             "x86_64" | "x86-64" | "amd64" => Ok(Arch::X86_64),
             "mips64" | "octeon" => Ok(Arch::Mips64),
-            _ => Err(format!("unknown architecture `{s}` (expected x86_64 or mips64)")),
+            _ => Err(format!(
+                "unknown architecture `{s}` (expected x86_64 or mips64)"
+            )),
         }
     }
 }
@@ -64,7 +66,10 @@ mod tests {
         assert_eq!("x86_64".parse(), Ok(Arch::X86_64));
         assert_eq!("mips64".parse(), Ok(Arch::Mips64));
         assert_eq!("octeon".parse(), Ok(Arch::Mips64));
-        assert!("arm".parse::<Arch>().unwrap_err().contains("x86_64 or mips64"));
+        assert!("arm"
+            .parse::<Arch>()
+            .unwrap_err()
+            .contains("x86_64 or mips64"));
         for a in Arch::ALL {
             assert_eq!(a.name().parse(), Ok(a));
         }

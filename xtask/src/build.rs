@@ -78,7 +78,9 @@ impl KernelConfig {
     pub fn cargo(&self, subcommand: &str) -> Command {
         let root = workspace_root();
         let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-        cmd.current_dir(&root).env_remove("CARGO_TARGET_DIR").arg(subcommand);
+        cmd.current_dir(&root)
+            .env_remove("CARGO_TARGET_DIR")
+            .arg(subcommand);
         match self.arch {
             Arch::X86_64 => {
                 cmd.args(["--target", "x86_64-unknown-none"]);
@@ -185,14 +187,18 @@ mod tests {
             per_vma_lock: false,
         };
         let a = args(&c);
-        assert!(a.windows(2).any(|w| w == ["--target", "x86_64-unknown-none"]));
+        assert!(a
+            .windows(2)
+            .any(|w| w == ["--target", "x86_64-unknown-none"]));
         assert!(a.contains(&"--release".to_string()));
         assert!(a.contains(&"--no-default-features".to_string()));
         assert!(!a.iter().any(|x| x.contains("build-std")));
         let cmd = c.cargo("build");
         assert!(!cmd.get_envs().any(|(k, _)| k == "RUSTC_BOOTSTRAP"));
         assert_eq!(c.slug(), "x86_64-release-nopvl");
-        assert!(c.image_path().ends_with("target/samara/x86_64-release-nopvl/samara.elf"));
+        assert!(c
+            .image_path()
+            .ends_with("target/samara/x86_64-release-nopvl/samara.elf"));
     }
 
     #[test]
@@ -207,7 +213,10 @@ mod tests {
         assert!(envs
             .iter()
             .any(|(k, v)| *k == "RUSTC_BOOTSTRAP" && v.is_some_and(|v| v == "1")));
-        let a = args(&c);
+        let a: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(a[0], "clippy");
         assert!(a.contains(&"build-std=core,alloc".to_string()));
         assert!(a.contains(&"json-target-spec".to_string()));

@@ -31,7 +31,11 @@ const TEST_ARCHES: &[Arch] = &[Arch::X86_64];
 const HOST_PACKAGES: &[&str] = &["mm", "boot", "xtask", "qemu-tests"];
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build, run and test the Samara kernel", version)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run and test the Samara kernel",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -323,7 +327,10 @@ fn test_steps(o: &TestOpts) -> Vec<Step> {
             };
             let mut cmd = config.cargo("clippy");
             cmd.args(["--", "-D", "warnings"]);
-            status(&mut cmd, &format!("cargo clippy (kernel, {arch}) -- -D warnings"))
+            status(
+                &mut cmd,
+                &format!("cargo clippy (kernel, {arch}) -- -D warnings"),
+            )
         }));
     }
 
