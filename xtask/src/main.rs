@@ -33,6 +33,7 @@ const HOST_PACKAGES: &[&str] = &["mm", "boot", "xtask", "qemu-tests"];
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
+    bin_name = "cargo xtask",
     about = "Build, run and test the Samara kernel",
     version
 )]
