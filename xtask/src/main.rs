@@ -520,7 +520,8 @@ fn miri(o: &MiriOpts) -> Result<()> {
     cmd.current_dir(workspace_root())
         .args(["+nightly", "miri", "test", "-p", "mm"])
         .args(&o.args);
-    status(&mut cmd, "cargo +nightly miri test -p mm")
+    let label = format!("cargo +nightly miri test -p mm {}", o.args.join(" "));
+    status(&mut cmd, label.trim_end())
 }
 
 #[cfg(test)]
