@@ -8,3 +8,4 @@
 pub mod cpu;
 pub mod rcu;
 pub mod sync;
+pub mod vma;
