@@ -122,12 +122,20 @@ impl fmt::Display for MaltaError {
                 write!(f, "{what} at physical {phys:#x} is outside low RAM")
             }
             MaltaError::Unterminated { what, phys } => {
-                write!(f, "{what} at physical {phys:#x} has no NUL within {MAX_STRING} bytes")
+                write!(
+                    f,
+                    "{what} at physical {phys:#x} has no NUL within {MAX_STRING} bytes"
+                )
             }
             MaltaError::NullArg { index } => write!(f, "argv[{index}] is a NULL pointer"),
-            MaltaError::MissingValue => f.write_str("environment ends between a name and its value"),
+            MaltaError::MissingValue => {
+                f.write_str("environment ends between a name and its value")
+            }
             MaltaError::EnvTooLong => {
-                write!(f, "environment has more than {MAX_ENV} entries and no terminator")
+                write!(
+                    f,
+                    "environment has more than {MAX_ENV} entries and no terminator"
+                )
             }
             MaltaError::BadNumber { name } => write!(f, "environment {name} is not a number"),
             MaltaError::NoMemorySize => f.write_str("no memsize in the environment and a3 is 0"),
@@ -222,7 +230,10 @@ fn with_string<R>(
     for i in 0..MAX_STRING {
         let mut byte = [0u8; 1];
         if !mem.read(phys + i as u64, &mut byte) {
-            return Err(MaltaError::Unreadable { what, phys: phys + i as u64 });
+            return Err(MaltaError::Unreadable {
+                what,
+                phys: phys + i as u64,
+            });
         }
         if byte[0] == 0 {
             return f(&buf[..i]);
@@ -271,7 +282,10 @@ pub fn parse_cmdline(mem: &impl BootMemory, regs: &EntryRegs) -> Result<CmdLine,
         with_string(mem, "argv string", phys, |s| {
             // QEMU passes the whole -append string as one argument; YAMON
             // passes words. Splitting on whitespace keeps both equivalent.
-            for word in s.split(|c| c.is_ascii_whitespace()).filter(|w| !w.is_empty()) {
+            for word in s
+                .split(|c| c.is_ascii_whitespace())
+                .filter(|w| !w.is_empty())
+            {
                 cmdline.push_word(word)?;
             }
             Ok(())
@@ -327,7 +341,10 @@ pub fn parse_memory(mem: &impl BootMemory, regs: &EntryRegs) -> Result<MaltaMemo
     }
     let total = ememsize.unwrap_or(low);
     if total < low || total > RAM_MAX {
-        return Err(MaltaError::BadEmemsize { memsize: low, ememsize: total });
+        return Err(MaltaError::BadEmemsize {
+            memsize: low,
+            ememsize: total,
+        });
     }
     Ok(MaltaMemory { low, total })
 }
@@ -340,12 +357,19 @@ pub fn memory_map(
     kernel_end: u64,
 ) -> Result<MemoryMap, MaltaError> {
     if kernel_start < BIOS_WINDOW_END || kernel_start >= kernel_end || kernel_end > ram.low {
-        return Err(MaltaError::KernelOutsideRam { start: kernel_start, end: kernel_end });
+        return Err(MaltaError::KernelOutsideRam {
+            start: kernel_start,
+            end: kernel_end,
+        });
     }
     let mut map = MemoryMap::new();
     map.add(0, ram.low, RegionKind::Usable)?;
     if ram.total > LOW_RAM_MAX {
-        map.add(HIGH_RAM_BASE + LOW_RAM_MAX, HIGH_RAM_BASE + ram.total, RegionKind::Usable)?;
+        map.add(
+            HIGH_RAM_BASE + LOW_RAM_MAX,
+            HIGH_RAM_BASE + ram.total,
+            RegionKind::Usable,
+        )?;
     }
     // The kernel check above guarantees `ram.low > BIOS_WINDOW_END`, so these
     // reservations lie inside RAM and never invent memory.
@@ -368,7 +392,12 @@ pub fn parse(
     let cmdline = parse_cmdline(mem, regs)?;
     let ram = parse_memory(mem, regs)?;
     let memory = memory_map(ram, kernel.0, kernel.1)?;
-    Ok(BootInfo { memory, cmdline, platform: "malta", cpu_count })
+    Ok(BootInfo {
+        memory,
+        cmdline,
+        platform: "malta",
+        cpu_count,
+    })
 }
 
 #[cfg(test)]
@@ -384,7 +413,9 @@ mod tests {
 
     impl FakeRam {
         fn new(size: usize) -> Self {
-            FakeRam { bytes: vec![0xa5; size] }
+            FakeRam {
+                bytes: vec![0xa5; size],
+            }
         }
         fn put(&mut self, phys: u64, data: &[u8]) {
             let p = phys as usize;
@@ -397,8 +428,12 @@ mod tests {
 
     impl BootMemory for FakeRam {
         fn read(&self, phys: u64, buf: &mut [u8]) -> bool {
-            let Ok(start) = usize::try_from(phys) else { return false };
-            let Some(end) = start.checked_add(buf.len()) else { return false };
+            let Ok(start) = usize::try_from(phys) else {
+                return false;
+            };
+            let Some(end) = start.checked_add(buf.len()) else {
+                return false;
+            };
             match self.bytes.get(start..end) {
                 Some(src) => {
                     buf.copy_from_slice(src);
@@ -460,7 +495,10 @@ mod tests {
     }
 
     fn spans(m: &MemoryMap) -> Vec<(u64, u64, RegionKind)> {
-        m.regions().iter().map(|r| (r.start, r.end, r.kind)).collect()
+        m.regions()
+            .iter()
+            .map(|r| (r.start, r.end, r.kind))
+            .collect()
     }
 
     #[test]
@@ -505,13 +543,25 @@ mod tests {
         r.a0 = 0;
         assert_eq!(parse_cmdline(&ram, &r).unwrap().as_str(), "");
         r.a0 = 5;
-        assert_eq!(parse_cmdline(&ram, &r).err(), Some(MaltaError::NullArg { index: 4 }));
+        assert_eq!(
+            parse_cmdline(&ram, &r).err(),
+            Some(MaltaError::NullArg { index: 4 })
+        );
         r.a0 = -2i64 as u64;
         assert_eq!(parse_cmdline(&ram, &r).err(), Some(MaltaError::BadArgc(-2)));
         r.a0 = 1000;
-        assert_eq!(parse_cmdline(&ram, &r).err(), Some(MaltaError::BadArgc(1000)));
+        assert_eq!(
+            parse_cmdline(&ram, &r).err(),
+            Some(MaltaError::BadArgc(1000))
+        );
         // Without an environment, a3 gives the low RAM size.
-        assert_eq!(parse_memory(&ram, &r).unwrap(), MaltaMemory { low: 64 << 20, total: 64 << 20 });
+        assert_eq!(
+            parse_memory(&ram, &r).unwrap(),
+            MaltaMemory {
+                low: 64 << 20,
+                total: 64 << 20
+            }
+        );
         r.a3 = 0;
         assert_eq!(parse_memory(&ram, &r), Err(MaltaError::NoMemorySize));
     }
@@ -521,29 +571,49 @@ mod tests {
         let ram = standard(b"x", b"1", b"1");
         let mut r = regs(2, 0);
         r.a1 = 0x2000; // a physical address, not KSEG0
-        assert_eq!(parse_cmdline(&ram, &r).err(), Some(MaltaError::BadPointer { what: "argv table", value: 0x2000 })
+        assert_eq!(
+            parse_cmdline(&ram, &r).err(),
+            Some(MaltaError::BadPointer {
+                what: "argv table",
+                value: 0x2000
+            })
         );
         r.a1 = 0x0000_0000_8000_2000; // not sign-extended
-        assert!(matches!(parse_cmdline(&ram, &r), Err(MaltaError::BadPointer { .. })));
+        assert!(matches!(
+            parse_cmdline(&ram, &r),
+            Err(MaltaError::BadPointer { .. })
+        ));
         r.a1 = sx(0xc000_2000); // KSEG2 is mapped: not a boot pointer
-        assert!(matches!(parse_cmdline(&ram, &r), Err(MaltaError::BadPointer { .. })));
+        assert!(matches!(
+            parse_cmdline(&ram, &r),
+            Err(MaltaError::BadPointer { .. })
+        ));
         // argv[1] points beyond the fake RAM.
         let mut ram = standard(b"x", b"1", b"1");
         ram.put_ptr(TABLE + 4, KSEG0 | 0x0100_0000);
         assert_eq!(
             parse_cmdline(&ram, &regs(2, 0)).err(),
-            Some(MaltaError::Unreadable { what: "argv string", phys: 0x0100_0000 })
+            Some(MaltaError::Unreadable {
+                what: "argv string",
+                phys: 0x0100_0000
+            })
         );
         // argv[1] points to a user-segment address.
         ram.put_ptr(TABLE + 4, 0x0000_3000);
         assert!(matches!(
             parse_cmdline(&ram, &regs(2, 0)),
-            Err(MaltaError::BadPointer { what: "argv table", .. })
+            Err(MaltaError::BadPointer {
+                what: "argv table",
+                ..
+            })
         ));
         // The table itself is past the end of RAM.
         let mut r = regs(2, 0);
         r.a1 = sx(KSEG0 | 0x00ff_fff0);
-        assert!(matches!(parse_cmdline(&ram, &r), Err(MaltaError::Unreadable { .. })));
+        assert!(matches!(
+            parse_cmdline(&ram, &r),
+            Err(MaltaError::Unreadable { .. })
+        ));
     }
 
     #[test]
@@ -553,14 +623,24 @@ mod tests {
         ram.put_ptr(TABLE + 4, KSEG0 | 0x3000);
         // 0x3000.. is the 0xa5 pattern all the way to the end of RAM.
         let r = regs(2, 0);
-        assert!(matches!(parse_cmdline(&ram, &r), Err(MaltaError::Unterminated { .. })));
+        assert!(matches!(
+            parse_cmdline(&ram, &r),
+            Err(MaltaError::Unterminated { .. })
+        ));
         ram.put(0x3000, b"ok\xff\0");
-        assert_eq!(parse_cmdline(&ram, &r).err(), Some(MaltaError::CmdLine(CmdLineError::NotUtf8(2)))
+        assert_eq!(
+            parse_cmdline(&ram, &r).err(),
+            Some(MaltaError::CmdLine(CmdLineError::NotUtf8(2)))
         );
         // A string that runs off the end of RAM is unreadable, not a panic.
         let mut small = FakeRam::new(0x3004);
         small.put_ptr(TABLE + 4, KSEG0 | 0x3000);
-        assert_eq!(parse_cmdline(&small, &r).err(), Some(MaltaError::Unreadable { what: "argv string", phys: 0x3004 })
+        assert_eq!(
+            parse_cmdline(&small, &r).err(),
+            Some(MaltaError::Unreadable {
+                what: "argv string",
+                phys: 0x3004
+            })
         );
     }
 
@@ -568,7 +648,10 @@ mod tests {
     fn environment_errors() {
         // A name without a value.
         let ram = qemu_table(&[Some(b"k"), Some(b""), Some(b"memsize"), None]);
-        assert_eq!(parse_memory(&ram, &regs(2, 0)), Err(MaltaError::MissingValue));
+        assert_eq!(
+            parse_memory(&ram, &regs(2, 0)),
+            Err(MaltaError::MissingValue)
+        );
         // Junk numbers.
         for bad in [&b""[..], b"0x", b"12k", b"-1", b"99999999999999999999999"] {
             let ram = standard(b"", bad, b"1");
@@ -580,13 +663,25 @@ mod tests {
         }
         // Out-of-range sizes.
         let ram = standard(b"", b"0", b"0");
-        assert_eq!(parse_memory(&ram, &regs(2, 0)), Err(MaltaError::BadMemsize(0)));
+        assert_eq!(
+            parse_memory(&ram, &regs(2, 0)),
+            Err(MaltaError::BadMemsize(0))
+        );
         let ram = standard(b"", b"0x10000001", b"0x10000001");
-        assert_eq!(parse_memory(&ram, &regs(2, 0)), Err(MaltaError::BadMemsize(0x1000_0001)));
+        assert_eq!(
+            parse_memory(&ram, &regs(2, 0)),
+            Err(MaltaError::BadMemsize(0x1000_0001))
+        );
         let ram = standard(b"", b"0x1000000", b"0x800000");
-        assert!(matches!(parse_memory(&ram, &regs(2, 0)), Err(MaltaError::BadEmemsize { .. })));
+        assert!(matches!(
+            parse_memory(&ram, &regs(2, 0)),
+            Err(MaltaError::BadEmemsize { .. })
+        ));
         let ram = standard(b"", b"0x10000000", b"0x80001000");
-        assert!(matches!(parse_memory(&ram, &regs(2, 0)), Err(MaltaError::BadEmemsize { .. })));
+        assert!(matches!(
+            parse_memory(&ram, &regs(2, 0)),
+            Err(MaltaError::BadEmemsize { .. })
+        ));
         // A table with no terminator: every slot is a pointer to "x".
         let mut ram = FakeRam::new(0x10000);
         ram.put(0x8000, b"x\0");
@@ -611,22 +706,38 @@ mod tests {
         ]);
         assert_eq!(
             parse_memory(&ram, &regs(2, 0)).unwrap(),
-            MaltaMemory { low: 0x200_0000, total: 0x200_0000 }
+            MaltaMemory {
+                low: 0x200_0000,
+                total: 0x200_0000
+            }
         );
     }
 
     #[test]
     fn kernel_must_be_in_low_ram() {
-        let ram = MaltaMemory { low: 16 << 20, total: 16 << 20 };
+        let ram = MaltaMemory {
+            low: 16 << 20,
+            total: 16 << 20,
+        };
         assert!(memory_map(ram, 0x10_0000, 0x100_0001).is_err());
         assert!(memory_map(ram, 0x20_0000, 0x20_0000).is_err());
-        assert!(memory_map(ram, 0x8_0000, 0x20_0000).is_err(), "kernel over firmware data");
+        assert!(
+            memory_map(ram, 0x8_0000, 0x20_0000).is_err(),
+            "kernel over firmware data"
+        );
         let m = memory_map(ram, 0x10_0000, 0x100_0000).unwrap();
         assert_eq!(m.total(Usable), 0);
         assert_eq!(m.total(Kernel), 0xf0_0000);
         // Reservations never invent memory: the map covers exactly RAM.
-        let m = memory_map(MaltaMemory { low: 0x20_0000, total: 0x20_0000 }, 0x10_0000, 0x18_0000)
-            .unwrap();
+        let m = memory_map(
+            MaltaMemory {
+                low: 0x20_0000,
+                total: 0x20_0000,
+            },
+            0x10_0000,
+            0x18_0000,
+        )
+        .unwrap();
         let ram_bytes: u64 = m.regions().iter().map(|r| r.len()).sum();
         assert_eq!(ram_bytes, 0x20_0000);
     }

@@ -56,15 +56,14 @@ const _: () = assert!(
 /// `entry.rs` (offsets 0, 8, 16).
 #[unsafe(export_name = "samara_mips_release")]
 #[unsafe(link_section = ".data.samara_smp")]
-pub static RELEASE: [ReleaseSlot; MAX_CPUS] = {
-    const EMPTY: ReleaseSlot = ReleaseSlot {
+pub static RELEASE: [ReleaseSlot; MAX_CPUS] = [const {
+    ReleaseSlot {
         pc: AtomicU64::new(0),
         sp: AtomicU64::new(0),
         arg: AtomicU64::new(0),
         _pad: 0,
-    };
-    [EMPTY; MAX_CPUS]
-};
+    }
+}; MAX_CPUS];
 
 /// Bit n is set once CPU n has parked. Written by the secondaries' `scd`
 /// followed by `sync` in `entry.rs`; that `sync` pairs with the Acquire
