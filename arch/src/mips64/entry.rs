@@ -138,7 +138,7 @@ samara_mips_park:
 
 # Parking vectors: EBase of parked CPUs. Only the timer interrupt is enabled;
 # re-arm Compare (which clears it) and return to the polling loop.
-    .section .text.vectors, "ax"
+    .section .text.vectors.park, "ax"
     .balign 4096
     .globl samara_mips_park_vectors
 samara_mips_park_vectors:
