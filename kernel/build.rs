@@ -1,5 +1,7 @@
 //! Passes the linker script of the target architecture to the final link.
-//! TEMPORARY (branch `mips`): the foundation branch owns this file.
+//!
+//! The scripts live in `linker/` at the workspace root; the path is made
+//! absolute so it does not depend on the directory rustc runs in.
 
 use std::path::PathBuf;
 
@@ -8,6 +10,7 @@ fn main() {
     let script = match arch.as_str() {
         "x86_64" => "x86_64.ld",
         "mips64" => "mips64-malta.ld",
+        // Host builds (e.g. `cargo check` without --target) link nothing.
         _ => return,
     };
     let dir =

@@ -44,7 +44,10 @@ impl Default for CmdLine {
 
 impl CmdLine {
     pub const fn empty() -> Self {
-        CmdLine { buf: [0; MAX_CMDLINE], len: 0 }
+        CmdLine {
+            buf: [0; MAX_CMDLINE],
+            len: 0,
+        }
     }
 
     /// Copies `bytes` (without a terminating NUL) after checking it.
@@ -88,10 +91,12 @@ impl CmdLine {
     /// The whitespace-separated words as `(key, value)`: `key=value` gives
     /// `Some(value)`, a bare `key` gives `None`.
     pub fn args(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
-        self.as_str().split_ascii_whitespace().map(|w| match w.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (w, None),
-        })
+        self.as_str()
+            .split_ascii_whitespace()
+            .map(|w| match w.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (w, None),
+            })
     }
 }
 
@@ -122,9 +127,15 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        assert_eq!(CmdLine::from_bytes(b"a\xffb").unwrap_err(), CmdLineError::NotUtf8(1));
+        assert_eq!(
+            CmdLine::from_bytes(b"a\xffb").unwrap_err(),
+            CmdLineError::NotUtf8(1)
+        );
         let long = vec![b'a'; MAX_CMDLINE + 1];
-        assert_eq!(CmdLine::from_bytes(&long).unwrap_err(), CmdLineError::TooLong(MAX_CMDLINE + 1));
+        assert_eq!(
+            CmdLine::from_bytes(&long).unwrap_err(),
+            CmdLineError::TooLong(MAX_CMDLINE + 1)
+        );
         let mut c = CmdLine::empty();
         c.push_word(b"a=1").unwrap();
         c.push_word(b"b").unwrap();

@@ -9,6 +9,8 @@
 pub mod cmdline;
 pub mod malta;
 pub mod memmap;
+pub mod options;
+pub mod pvh;
 
 pub use cmdline::CmdLine;
 pub use memmap::{MemoryMap, Region, RegionKind};

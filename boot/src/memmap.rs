@@ -75,8 +75,15 @@ impl Default for MemoryMap {
 
 impl MemoryMap {
     pub const fn new() -> Self {
-        const EMPTY: Region = Region { start: 0, end: 0, kind: RegionKind::Reserved };
-        MemoryMap { regions: [EMPTY; MAX_REGIONS], len: 0 }
+        const EMPTY: Region = Region {
+            start: 0,
+            end: 0,
+            kind: RegionKind::Reserved,
+        };
+        MemoryMap {
+            regions: [EMPTY; MAX_REGIONS],
+            len: 0,
+        }
     }
 
     pub fn regions(&self) -> &[Region] {
@@ -85,7 +92,11 @@ impl MemoryMap {
 
     /// Total bytes of the given kind.
     pub fn total(&self, kind: RegionKind) -> u64 {
-        self.regions().iter().filter(|r| r.kind == kind).map(Region::len).sum()
+        self.regions()
+            .iter()
+            .filter(|r| r.kind == kind)
+            .map(Region::len)
+            .sum()
     }
 
     /// Adds `[start, end)` as `kind`. Where it overlaps existing regions the
@@ -115,19 +126,46 @@ impl MemoryMap {
             if lo == hi {
                 continue;
             }
-            let mut kind_here: Option<RegionKind> =
-                (start <= lo && hi <= end).then_some(kind);
+            let mut kind_here: Option<RegionKind> = (start <= lo && hi <= end).then_some(kind);
             for r in self.regions() {
                 if r.start <= lo && hi <= r.end {
                     kind_here = Some(kind_here.map_or(r.kind, |k| k.max(r.kind)));
                 }
             }
             if let Some(k) = kind_here {
-                out.push_merging(Region { start: lo, end: hi, kind: k })?;
+                out.push_merging(Region {
+                    start: lo,
+                    end: hi,
+                    kind: k,
+                })?;
             }
         }
         *self = out;
         Ok(())
+    }
+
+    /// Takes `size` bytes of usable memory, aligned to `align` (a power of
+    /// two) and ending at or below `limit`, from the lowest address that fits,
+    /// and marks them [`RegionKind::Kernel`]. For page tables and other
+    /// kernel data allocated before the frame allocator exists.
+    pub fn allocate(&mut self, size: u64, align: u64, limit: u64) -> Option<u64> {
+        debug_assert!(align.is_power_of_two());
+        if size == 0 {
+            return None;
+        }
+        let start = self
+            .regions()
+            .iter()
+            .filter(|r| r.kind == RegionKind::Usable)
+            .find_map(|r| {
+                let start = r.start.checked_add(align - 1)? & !(align - 1);
+                let end = start.checked_add(size)?;
+                (end <= r.end && end <= limit).then_some(start)
+            })?;
+        // Cannot be `Full`: carving from the edge or middle of one region
+        // adds at most two regions, and a failure leaves the map unchanged.
+        self.add(start, start + size, RegionKind::Kernel).ok()?;
+        Some(start)
     }
 
     /// Appends a region that starts at or after the last one, merging it with
@@ -170,7 +208,10 @@ mod tests {
     use RegionKind::*;
 
     fn spans(m: &MemoryMap) -> Vec<(u64, u64, RegionKind)> {
-        m.regions().iter().map(|r| (r.start, r.end, r.kind)).collect()
+        m.regions()
+            .iter()
+            .map(|r| (r.start, r.end, r.kind))
+            .collect()
     }
 
     #[test]
@@ -179,7 +220,10 @@ mod tests {
         m.add(0x1000, 0x2000, Usable).unwrap();
         m.add(0x2000, 0x3000, Usable).unwrap();
         m.add(0x5000, 0x6000, Usable).unwrap();
-        assert_eq!(spans(&m), vec![(0x1000, 0x3000, Usable), (0x5000, 0x6000, Usable)]);
+        assert_eq!(
+            spans(&m),
+            vec![(0x1000, 0x3000, Usable), (0x5000, 0x6000, Usable)]
+        );
         assert_eq!(m.total(Usable), 0x3000);
     }
 
@@ -190,7 +234,11 @@ mod tests {
         m.add(0x4000, 0x6000, Kernel).unwrap();
         assert_eq!(
             spans(&m),
-            vec![(0, 0x4000, Usable), (0x4000, 0x6000, Kernel), (0x6000, 0x10000, Usable)]
+            vec![
+                (0, 0x4000, Usable),
+                (0x4000, 0x6000, Kernel),
+                (0x6000, 0x10000, Usable)
+            ]
         );
         m.add(0x3000, 0x7000, Usable).unwrap();
         assert_eq!(m.total(Kernel), 0x2000);
@@ -206,6 +254,29 @@ mod tests {
     }
 
     #[test]
+    fn allocate_takes_lowest_fit_below_limit() {
+        let mut m = MemoryMap::new();
+        m.add(0x1000, 0x2800, Usable).unwrap();
+        m.add(0x5000, 0x9000, Usable).unwrap();
+        // 0x1000..0x2800 cannot hold an aligned 0x2000.
+        assert_eq!(m.allocate(0x2000, 0x2000, u64::MAX), Some(0x6000));
+        assert_eq!(m.allocate(0x1000, 0x1000, u64::MAX), Some(0x1000));
+        assert_eq!(m.allocate(0x1000, 0x1000, 0x2800), None);
+        assert_eq!(m.allocate(0x1000, 0x1000, 0x6000), Some(0x5000));
+        assert_eq!(
+            spans(&m),
+            vec![
+                (0x1000, 0x2000, Kernel),
+                (0x2000, 0x2800, Usable),
+                (0x5000, 0x8000, Kernel),
+                (0x8000, 0x9000, Usable)
+            ]
+        );
+        assert_eq!(m.allocate(0x2000, 0x1000, u64::MAX), None);
+        assert_eq!(m.allocate(0, 0x1000, u64::MAX), None);
+    }
+
+    #[test]
     fn rejects_empty_and_overflow_without_change() {
         let mut m = MemoryMap::new();
         assert_eq!(m.add(5, 5, Usable), Err(MapError::Empty));
@@ -214,7 +285,10 @@ mod tests {
             m.add(i * 0x2000, i * 0x2000 + 0x1000, Usable).unwrap();
         }
         let before = spans(&m);
-        assert_eq!(m.add(0x1_0000_0000, 0x1_0000_1000, Usable), Err(MapError::Full));
+        assert_eq!(
+            m.add(0x1_0000_0000, 0x1_0000_1000, Usable),
+            Err(MapError::Full)
+        );
         assert_eq!(spans(&m), before);
         // Filling a gap merges three regions into one, so it still fits.
         m.add(0x1000, 0x2000, Usable).unwrap();

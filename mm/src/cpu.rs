@@ -10,7 +10,11 @@ use core::ops::{Deref, DerefMut};
 pub type CpuId = usize;
 
 /// Most CPUs Samara manages. Bitmasks of CPUs are one `u64`.
+#[cfg(not(loom))]
 pub const MAX_CPUS: usize = 64;
+/// Loom models run a handful of threads; fewer slots keep them small.
+#[cfg(loom)]
+pub const MAX_CPUS: usize = 4;
 
 /// Pads and aligns a value to its own cache lines so that per-CPU data and
 /// hot shared words never share a line (false sharing). 128 bytes covers
@@ -39,7 +43,9 @@ pub struct PerCpu<T> {
 
 impl<T> PerCpu<T> {
     pub fn new(mut init: impl FnMut(CpuId) -> T) -> Self {
-        PerCpu { slots: core::array::from_fn(|i| CachePadded(init(i))) }
+        PerCpu {
+            slots: core::array::from_fn(|i| CachePadded(init(i))),
+        }
     }
 
     #[inline(always)]

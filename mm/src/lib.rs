@@ -6,4 +6,5 @@
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
 pub mod cpu;
+pub mod rcu;
 pub mod sync;

@@ -65,3 +65,148 @@ pub fn spin_loop() {
     #[cfg(not(loom))]
     core::hint::spin_loop();
 }
+
+/// A test-and-test-and-set spin lock, built on [`AtomicBool`] from this
+/// module so that loom models the lock along with what it protects.
+///
+/// Not interrupt-safe: Samara's kernel runs `mm` code with interrupts
+/// disabled, so a lock is never re-entered on the same CPU from a handler.
+pub struct SpinLock<T: ?Sized> {
+    locked: AtomicBool,
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: the lock hands out access to `data` to one holder at a time, so it
+// is as thread-safe as a `Mutex<T>`: shareable when `T` may be sent.
+unsafe impl<T: ?Sized + Send> Sync for SpinLock<T> {}
+// SAFETY: moving the lock moves the `T` it owns.
+unsafe impl<T: ?Sized + Send> Send for SpinLock<T> {}
+
+impl<T> SpinLock<T> {
+    #[cfg(not(loom))]
+    pub const fn new(v: T) -> Self {
+        SpinLock {
+            locked: AtomicBool::new(false),
+            data: UnsafeCell::new(v),
+        }
+    }
+
+    #[cfg(loom)]
+    pub fn new(v: T) -> Self {
+        SpinLock {
+            locked: AtomicBool::new(false),
+            data: UnsafeCell::new(v),
+        }
+    }
+}
+
+impl<T: ?Sized> SpinLock<T> {
+    pub fn lock(&self) -> SpinLockGuard<'_, T> {
+        loop {
+            if let Some(g) = self.try_lock() {
+                return g;
+            }
+            while self.locked.load(Ordering::Relaxed) {
+                spin_loop();
+            }
+        }
+    }
+
+    pub fn try_lock(&self) -> Option<SpinLockGuard<'_, T>> {
+        // Acquire pairs with the Release store in `SpinLockGuard::drop`: the
+        // previous holder's writes to `data` are visible to the new holder.
+        self.locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| SpinLockGuard { lock: self })
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.locked.load(Ordering::Relaxed)
+    }
+
+    pub fn get_mut(&mut self) -> &mut T {
+        #[cfg(not(loom))]
+        return self.data.get_mut();
+        #[cfg(loom)]
+        // SAFETY: `&mut self` proves no guard is alive.
+        return self.data.with_mut(|p| unsafe { &mut *p });
+    }
+}
+
+/// Holds a [`SpinLock`]; derefs to the protected data.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct SpinLockGuard<'a, T: ?Sized> {
+    lock: &'a SpinLock<T>,
+}
+
+impl<T: ?Sized> core::ops::Deref for SpinLockGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard proves this CPU holds the lock, so no one else
+        // accesses `data` until it is dropped.
+        self.lock.data.with(|p| unsafe { &*p })
+    }
+}
+
+impl<T: ?Sized> core::ops::DerefMut for SpinLockGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`, and `&mut self` makes this the only
+        // reference derived from the guard.
+        self.lock.data.with_mut(|p| unsafe { &mut *p })
+    }
+}
+
+impl<T: ?Sized> Drop for SpinLockGuard<'_, T> {
+    fn drop(&mut self) {
+        // Release pairs with the Acquire exchange in `SpinLock::try_lock`.
+        self.lock.locked.store(false, Ordering::Release);
+    }
+}
+
+/// Deliberate breakage of a concurrency protocol, for mutation tests of the
+/// loom models: each model is run once as written, where it must pass, and
+/// once with the barrier or check it depends on removed, where loom must
+/// report a failure. Outside `cfg(loom)` nothing can be injected and
+/// [`injected`] is a constant `false` that compiles away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Fault {
+    /// RCU: a quiescent-state report stops being a Release store, so a
+    /// reader's accesses are no longer ordered before the grace period end.
+    RcuReportRelaxed = 1 << 0,
+    /// RCU: a callback queued during a grace period is satisfied by that
+    /// grace period, which may have started before the removal it protects.
+    RcuSnapCountsCurrentGp = 1 << 1,
+}
+
+#[cfg(loom)]
+static INJECTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Whether `f` is being injected (only ever under `cfg(loom)`).
+#[inline(always)]
+pub fn injected(f: Fault) -> bool {
+    #[cfg(loom)]
+    return INJECTED.load(std::sync::atomic::Ordering::SeqCst) & f as u32 != 0;
+    #[cfg(not(loom))]
+    {
+        let _ = f;
+        false
+    }
+}
+
+/// Runs `body` with `f` injected. The switch is process-wide: loom test
+/// binaries run with `--test-threads=1`.
+#[cfg(loom)]
+pub fn with_fault<R>(f: Fault, body: impl FnOnce() -> R) -> R {
+    use std::sync::atomic::Ordering::SeqCst;
+    struct Reset(u32);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            INJECTED.fetch_and(!self.0, SeqCst);
+        }
+    }
+    INJECTED.fetch_or(f as u32, SeqCst);
+    let _reset = Reset(f as u32);
+    body()
+}

@@ -1,5 +1,6 @@
 //! From `_start` to `samara_main` on the boot CPU: console, TLB, CPU count,
-//! and the Malta boot data parsed by `boot::malta` into a `BootInfo`.
+//! and the Malta boot data parsed by `boot::malta` into a `BootInfo`, then
+//! [`crate::enter_kernel`].
 
 use boot::malta::{self, BootMemory, EntryRegs, LOW_RAM_MAX};
 use boot::BootInfo;
@@ -53,10 +54,6 @@ static BOOT_INFO: Once<BootInfo> = Once::new();
 const CPU_COUNT_STABLE: u64 = 1 << 19;
 const CPU_COUNT_LIMIT: u64 = 1 << 22;
 
-unsafe extern "Rust" {
-    fn samara_main(info: &'static BootInfo) -> !;
-}
-
 /// Called by `_start` on the boot CPU with the boot loader's a0..a3, on the
 /// boot stack, BSS clear, kernel vectors installed, interrupts off.
 #[unsafe(no_mangle)]
@@ -78,8 +75,5 @@ extern "C" fn samara_mips_boot(a0: u64, a1: u64, a2: u64, a3: u64) -> ! {
             exit::exit_qemu(ExitStatus::Failure);
         }
     };
-    let info = BOOT_INFO.call_once(|| info);
-    // SAFETY: the kernel binary defines `samara_main` with exactly this
-    // signature (`#[no_mangle] extern "Rust"`).
-    unsafe { samara_main(info) }
+    crate::enter_kernel(BOOT_INFO.call_once(|| info))
 }

@@ -10,7 +10,6 @@
 //! for THR-empty with a bounded spin, so a dead UART drops output instead of
 //! hanging the kernel.
 
-use core::fmt;
 use core::ptr::{read_volatile, write_volatile};
 
 /// COM1 through CKSEG1: 0xffff_ffff_a000_0000 + physical 0x1800_03f8.
@@ -71,28 +70,13 @@ pub fn write_bytes(bytes: &[u8]) {
     }
 }
 
-/// A `fmt::Write` for the arch layer's own messages (boot errors, exception
-/// dumps), translating `\n` to `\r\n`. Takes no lock, like the kernel's
-/// emergency writer.
-pub struct Writer;
-
-impl fmt::Write for Writer {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        for (i, line) in s.split('\n').enumerate() {
-            if i > 0 {
-                write_bytes(b"\r\n");
-            }
-            write_bytes(line.as_bytes());
-        }
-        Ok(())
-    }
-}
-
-/// `println!` for arch code, through [`Writer`].
+/// `println!` for the arch layer's own messages (boot errors, exception
+/// dumps), through [`crate::RawWriter`]: `\n` becomes `\r\n`, no lock is
+/// taken (like the kernel's emergency writer).
 macro_rules! arch_println {
     ($($arg:tt)*) => {{
         use core::fmt::Write as _;
-        let _ = writeln!($crate::imp::console::Writer, $($arg)*);
+        let _ = writeln!($crate::RawWriter($crate::imp::console::write_bytes), $($arg)*);
     }};
 }
 pub(crate) use arch_println;

@@ -348,10 +348,6 @@ pub fn decode_fault(f: &TrapFrame) -> Option<FaultReport> {
 /// being reported means the reporting path itself faulted.
 static DEPTH: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 
-unsafe extern "Rust" {
-    fn samara_kernel_fault(report: &FaultReport) -> !;
-}
-
 fn dump(f: &TrapFrame) {
     let code = cause::exc_code(f.cause);
     arch_println!(
@@ -408,9 +404,7 @@ extern "C" fn samara_mips_trap(frame: &mut TrapFrame) {
     match decode_fault(frame) {
         Some(report) => {
             dump(frame);
-            // SAFETY: the kernel binary defines `samara_kernel_fault` with
-            // exactly this signature (`#[no_mangle] extern "Rust"`).
-            unsafe { samara_kernel_fault(&report) }
+            crate::report_fault(&report)
         }
         None => {
             dump(frame);
