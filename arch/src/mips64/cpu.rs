@@ -94,12 +94,19 @@ impl fmt::Display for Prid {
 /// What the banner prints about the boot CPU.
 pub struct Description {
     pub prid: Prid,
+    /// TLB entries found working at boot.
     pub tlb_entries: usize,
+    /// TLB entries the Config registers advertise.
+    pub tlb_advertised: usize,
 }
 
 impl fmt::Display for Description {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}, {} TLB entries", self.prid, self.tlb_entries)
+        write!(f, "{}, {} TLB entries", self.prid, self.tlb_entries)?;
+        if self.tlb_advertised != self.tlb_entries {
+            write!(f, " ({} advertised)", self.tlb_advertised)?;
+        }
+        Ok(())
     }
 }
 
@@ -109,6 +116,7 @@ pub fn description() -> Description {
     Description {
         prid: Prid(cp0::prid() as u32),
         tlb_entries: super::tlb::entries(),
+        tlb_advertised: super::tlb::advertised_entries(),
     }
 }
 

@@ -15,9 +15,12 @@
 //! accidental hit is a TLB-invalid exception, never a stray translation.
 //!
 //! The size: Config1.MMUSize gives up to 64 entries; Octeon II+ extend it
-//! with Config4.MMUSizeExt (Config4.MMUExtDef = 1). QEMU's Octeon68XX
-//! advertises 256 that way but models only Config1's 64 (TLB indices wrap
-//! modulo 64), so [`init`] also verifies the size by reading entries back.
+//! with Config4.MMUSizeExt (Config4.MMUExtDef = 1), which exists only when
+//! the Config1..3 M bits chain to it. QEMU's Octeon68XX fills Config4 with an
+//! extension of 3 (256 entries) but leaves Config3.M clear, so the
+//! architected size there is Config1's 64, which is also all it models. As a
+//! guard against such disagreements [`init`] verifies the size by reading
+//! entries back (on a TLB smaller than advertised the indices wrap).
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
