@@ -14,8 +14,13 @@
 //! registers. QEMU writes argv\[0\] = kernel path and argv\[1\] = the whole
 //! `-append` string (truncated to 255 bytes), then the environment
 //! (`memsize`, `ememsize`, `modetty0`, `rngseed`), all inside one table at
-//! physical 0x2000; argv is that table and envp starts two entries later, so
-//! under UHI, where a0 carries no count, argc is the Malta constant 2.
+//! physical 0x2000; argv is that table and envp starts two entries later.
+//!
+//! Under `-semihosting` QEMU sets a0 = -1, the UHI convention for "ask the
+//! host": the full, untruncated arguments (the kernel path, then `-append`
+//! split at spaces) are available through UHI calls, which the arch layer
+//! offers as [`HostArgs`]. Without an answering host, a0 = -1 falls back to
+//! the table, where argc is the Malta constant 2.
 //!
 //! Physical memory on Malta (QEMU `hw/mips/malta.c`, matching the board):
 //! - all of RAM (at most 2 GiB) sits at physical `0x8000_0000`;
@@ -67,6 +72,21 @@ pub trait BootMemory {
     fn read(&self, phys: u64, buf: &mut [u8]) -> bool;
 }
 
+/// Arguments held by a debugger host (UHI semihosting `argc`/`argnlen`/
+/// `argn`), consulted when a0 = -1.
+pub trait HostArgs {
+    /// The number of arguments, argv\[0\] included, or `None` if the host
+    /// does not answer.
+    fn count(&self) -> Option<usize>;
+    /// Copies argument `n` into `buf` and returns its length (without NUL),
+    /// or `None` if it does not exist or needs more than `buf.len()` bytes
+    /// including its NUL.
+    fn get(&self, n: usize, buf: &mut [u8]) -> Option<usize>;
+}
+
+/// Most host arguments accepted: every word of a full command line.
+pub const MAX_HOST_ARGS: usize = crate::cmdline::MAX_CMDLINE / 2 + 1;
+
 /// The registers the Malta boot loader hands to the kernel entry point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryRegs {
@@ -89,6 +109,10 @@ pub enum MaltaError {
     Unterminated { what: &'static str, phys: u64 },
     /// A required argv entry is a NULL pointer.
     NullArg { index: usize },
+    /// The semihosting host reports more than [`MAX_HOST_ARGS`] arguments.
+    TooManyHostArgs(usize),
+    /// The semihosting host has no argument `index`, or it is too long.
+    HostArg { index: usize },
     /// An environment name has no value (the table ends after the name).
     MissingValue,
     /// The environment has more than [`MAX_ENV`] pairs without a terminator.
@@ -128,6 +152,16 @@ impl fmt::Display for MaltaError {
                 )
             }
             MaltaError::NullArg { index } => write!(f, "argv[{index}] is a NULL pointer"),
+            MaltaError::TooManyHostArgs(n) => {
+                write!(
+                    f,
+                    "semihosting host reports {n} arguments, more than {MAX_HOST_ARGS}"
+                )
+            }
+            MaltaError::HostArg { index } => write!(
+                f,
+                "semihosting argument {index} is missing or longer than {MAX_STRING} bytes"
+            ),
             MaltaError::MissingValue => {
                 f.write_str("environment ends between a name and its value")
             }
@@ -260,13 +294,51 @@ pub fn parse_number(s: &[u8]) -> Option<u64> {
     Some(v)
 }
 
-/// Builds the command line from argv\[1..argc\]; argv\[0\] is the kernel's
-/// file name. Returns the command line.
-pub fn parse_cmdline(mem: &impl BootMemory, regs: &EntryRegs) -> Result<CmdLine, MaltaError> {
+/// Appends the whitespace-separated words of one argument. QEMU passes the
+/// whole `-append` string as one argv entry; YAMON and UHI pass words.
+/// Splitting keeps all three equivalent.
+fn push_words(cmdline: &mut CmdLine, arg: &[u8]) -> Result<(), MaltaError> {
+    for word in arg
+        .split(|c| c.is_ascii_whitespace())
+        .filter(|w| !w.is_empty())
+    {
+        cmdline.push_word(word)?;
+    }
+    Ok(())
+}
+
+/// The command line from the semihosting host's arguments 1..count.
+fn host_cmdline(host: &dyn HostArgs, count: usize) -> Result<CmdLine, MaltaError> {
+    if count > MAX_HOST_ARGS {
+        return Err(MaltaError::TooManyHostArgs(count));
+    }
+    let mut cmdline = CmdLine::empty();
+    let mut buf = [0u8; MAX_STRING];
+    for index in 1..count {
+        let len = host
+            .get(index, &mut buf)
+            .filter(|&len| len < buf.len())
+            .ok_or(MaltaError::HostArg { index })?;
+        push_words(&mut cmdline, &buf[..len])?;
+    }
+    Ok(cmdline)
+}
+
+/// Builds the command line from argv\[1..argc\] (argv\[0\] is the kernel's
+/// file name): from `host` when a0 = -1 and a host answers, else from the
+/// boot loader's table.
+pub fn parse_cmdline(
+    mem: &impl BootMemory,
+    host: Option<&dyn HostArgs>,
+    regs: &EntryRegs,
+) -> Result<CmdLine, MaltaError> {
     let argc = match regs.a0 as i64 {
-        // UHI semihosting boot: the count comes from the host, but the Malta
-        // pseudo-bootloader's table always holds exactly argv[0] and argv[1].
-        -1 => 2,
+        -1 => match host.and_then(|h| Some((h, h.count()?))) {
+            Some((host, count)) => return host_cmdline(host, count),
+            // No host: the Malta pseudo-bootloader's table always holds
+            // exactly argv[0] and argv[1].
+            None => 2,
+        },
         n if (0..=MAX_ARGS as i64).contains(&n) => n as usize,
         n => return Err(MaltaError::BadArgc(n)),
     };
@@ -279,17 +351,7 @@ pub fn parse_cmdline(mem: &impl BootMemory, regs: &EntryRegs) -> Result<CmdLine,
         let Some(phys) = table_entry(mem, "argv table", argv, index)? else {
             return Err(MaltaError::NullArg { index });
         };
-        with_string(mem, "argv string", phys, |s| {
-            // QEMU passes the whole -append string as one argument; YAMON
-            // passes words. Splitting on whitespace keeps both equivalent.
-            for word in s
-                .split(|c| c.is_ascii_whitespace())
-                .filter(|w| !w.is_empty())
-            {
-                cmdline.push_word(word)?;
-            }
-            Ok(())
-        })?;
+        with_string(mem, "argv string", phys, |s| push_words(&mut cmdline, s))?;
     }
     Ok(cmdline)
 }
@@ -381,15 +443,17 @@ pub fn memory_map(
 }
 
 /// Parses everything the Malta boot loader passed into a [`BootInfo`].
+/// `host` answers UHI argument queries under semihosting (a0 = -1);
 /// `kernel` is the physical extent of the loaded image; `cpu_count` is what
 /// the arch layer counted (the protocol itself does not say).
 pub fn parse(
     mem: &impl BootMemory,
+    host: Option<&dyn HostArgs>,
     regs: &EntryRegs,
     kernel: (u64, u64),
     cpu_count: u32,
 ) -> Result<BootInfo, MaltaError> {
-    let cmdline = parse_cmdline(mem, regs)?;
+    let cmdline = parse_cmdline(mem, host, regs)?;
     let ram = parse_memory(mem, regs)?;
     let memory = memory_map(ram, kernel.0, kernel.1)?;
     Ok(BootInfo {
@@ -504,7 +568,7 @@ mod tests {
     #[test]
     fn qemu_layout_under_uhi_with_128_mib() {
         let ram = standard(b"test=boot  workload=x", b"134217728", b"134217728");
-        let info = parse(&ram, &regs(-1, 128 << 20), (0x10_0000, 0x18_0000), 1).unwrap();
+        let info = parse(&ram, None, &regs(-1, 128 << 20), (0x10_0000, 0x18_0000), 1).unwrap();
         assert_eq!(info.cmdline.as_str(), "test=boot workload=x");
         assert_eq!(info.platform, "malta");
         assert_eq!(
@@ -522,7 +586,7 @@ mod tests {
     #[test]
     fn one_gib_uses_the_high_window_without_aliases() {
         let ram = standard(b"", b"268435456", b"0x40000000");
-        let info = parse(&ram, &regs(2, 256 << 20), (0x10_0000, 0x20_0000), 4).unwrap();
+        let info = parse(&ram, None, &regs(2, 256 << 20), (0x10_0000, 0x20_0000), 4).unwrap();
         assert_eq!(info.cmdline.as_str(), "");
         assert_eq!(info.cpu_count, 4);
         let regions = spans(&info.memory);
@@ -539,19 +603,22 @@ mod tests {
         let ram = qemu_table(&[Some(b"k"), Some(b"a=1"), Some(b" b "), Some(b"c"), None]);
         let mut r = regs(3, 64 << 20);
         r.a2 = 0;
-        assert_eq!(parse_cmdline(&ram, &r).unwrap().as_str(), "a=1 b");
+        assert_eq!(parse_cmdline(&ram, None, &r).unwrap().as_str(), "a=1 b");
         r.a0 = 0;
-        assert_eq!(parse_cmdline(&ram, &r).unwrap().as_str(), "");
+        assert_eq!(parse_cmdline(&ram, None, &r).unwrap().as_str(), "");
         r.a0 = 5;
         assert_eq!(
-            parse_cmdline(&ram, &r).err(),
+            parse_cmdline(&ram, None, &r).err(),
             Some(MaltaError::NullArg { index: 4 })
         );
         r.a0 = -2i64 as u64;
-        assert_eq!(parse_cmdline(&ram, &r).err(), Some(MaltaError::BadArgc(-2)));
+        assert_eq!(
+            parse_cmdline(&ram, None, &r).err(),
+            Some(MaltaError::BadArgc(-2))
+        );
         r.a0 = 1000;
         assert_eq!(
-            parse_cmdline(&ram, &r).err(),
+            parse_cmdline(&ram, None, &r).err(),
             Some(MaltaError::BadArgc(1000))
         );
         // Without an environment, a3 gives the low RAM size.
@@ -572,7 +639,7 @@ mod tests {
         let mut r = regs(2, 0);
         r.a1 = 0x2000; // a physical address, not KSEG0
         assert_eq!(
-            parse_cmdline(&ram, &r).err(),
+            parse_cmdline(&ram, None, &r).err(),
             Some(MaltaError::BadPointer {
                 what: "argv table",
                 value: 0x2000
@@ -580,19 +647,19 @@ mod tests {
         );
         r.a1 = 0x0000_0000_8000_2000; // not sign-extended
         assert!(matches!(
-            parse_cmdline(&ram, &r),
+            parse_cmdline(&ram, None, &r),
             Err(MaltaError::BadPointer { .. })
         ));
         r.a1 = sx(0xc000_2000); // KSEG2 is mapped: not a boot pointer
         assert!(matches!(
-            parse_cmdline(&ram, &r),
+            parse_cmdline(&ram, None, &r),
             Err(MaltaError::BadPointer { .. })
         ));
         // argv[1] points beyond the fake RAM.
         let mut ram = standard(b"x", b"1", b"1");
         ram.put_ptr(TABLE + 4, KSEG0 | 0x0100_0000);
         assert_eq!(
-            parse_cmdline(&ram, &regs(2, 0)).err(),
+            parse_cmdline(&ram, None, &regs(2, 0)).err(),
             Some(MaltaError::Unreadable {
                 what: "argv string",
                 phys: 0x0100_0000
@@ -601,7 +668,7 @@ mod tests {
         // argv[1] points to a user-segment address.
         ram.put_ptr(TABLE + 4, 0x0000_3000);
         assert!(matches!(
-            parse_cmdline(&ram, &regs(2, 0)),
+            parse_cmdline(&ram, None, &regs(2, 0)),
             Err(MaltaError::BadPointer {
                 what: "argv table",
                 ..
@@ -611,7 +678,7 @@ mod tests {
         let mut r = regs(2, 0);
         r.a1 = sx(KSEG0 | 0x00ff_fff0);
         assert!(matches!(
-            parse_cmdline(&ram, &r),
+            parse_cmdline(&ram, None, &r),
             Err(MaltaError::Unreadable { .. })
         ));
     }
@@ -624,19 +691,19 @@ mod tests {
         // 0x3000.. is the 0xa5 pattern all the way to the end of RAM.
         let r = regs(2, 0);
         assert!(matches!(
-            parse_cmdline(&ram, &r),
+            parse_cmdline(&ram, None, &r),
             Err(MaltaError::Unterminated { .. })
         ));
         ram.put(0x3000, b"ok\xff\0");
         assert_eq!(
-            parse_cmdline(&ram, &r).err(),
+            parse_cmdline(&ram, None, &r).err(),
             Some(MaltaError::CmdLine(CmdLineError::NotUtf8(2)))
         );
         // A string that runs off the end of RAM is unreadable, not a panic.
         let mut small = FakeRam::new(0x3004);
         small.put_ptr(TABLE + 4, KSEG0 | 0x3000);
         assert_eq!(
-            parse_cmdline(&small, &r).err(),
+            parse_cmdline(&small, None, &r).err(),
             Some(MaltaError::Unreadable {
                 what: "argv string",
                 phys: 0x3004
@@ -740,6 +807,101 @@ mod tests {
         .unwrap();
         let ram_bytes: u64 = m.regions().iter().map(|r| r.len()).sum();
         assert_eq!(ram_bytes, 0x20_0000);
+    }
+
+    /// A semihosting host holding `args` (argv[0] first), or one that does
+    /// not answer (`None`).
+    struct FakeHost(Option<Vec<Vec<u8>>>);
+
+    impl HostArgs for FakeHost {
+        fn count(&self) -> Option<usize> {
+            self.0.as_ref().map(Vec::len)
+        }
+        fn get(&self, n: usize, buf: &mut [u8]) -> Option<usize> {
+            let a = self.0.as_ref()?.get(n)?;
+            if a.len() + 1 > buf.len() {
+                return None;
+            }
+            buf[..a.len()].copy_from_slice(a);
+            buf[a.len()] = 0;
+            Some(a.len())
+        }
+    }
+
+    fn host(args: &[&[u8]]) -> FakeHost {
+        FakeHost(Some(args.iter().map(|a| a.to_vec()).collect()))
+    }
+
+    #[test]
+    fn uhi_host_arguments_beat_the_truncated_table() {
+        let ram = standard(b"test=boot", b"0x1000000", b"0x1000000");
+        // A command line longer than QEMU's 255-byte table slot.
+        let long = format!("test=boot {}", "k=v ".repeat(100));
+        let words: Vec<&[u8]> = long.split(' ').map(str::as_bytes).collect();
+        let mut args: Vec<&[u8]> = vec![b"/path/samara.elf"];
+        args.extend(words);
+        let h = host(&args);
+        let info = parse(&ram, Some(&h), &regs(-1, 0), (0x10_0000, 0x20_0000), 1).unwrap();
+        assert_eq!(info.cmdline.as_str(), long.trim_end());
+        assert!(info.cmdline.as_str().len() > 255);
+        // a0 = argc (not UHI): the host is not consulted.
+        let c = parse_cmdline(&ram, Some(&h), &regs(2, 0)).unwrap();
+        assert_eq!(c.as_str(), "test=boot");
+        // A host that does not answer: back to the table.
+        let c = parse_cmdline(&ram, Some(&FakeHost(None)), &regs(-1, 0)).unwrap();
+        assert_eq!(c.as_str(), "test=boot");
+        // Only argv[0]: empty command line.
+        let c = parse_cmdline(&ram, Some(&host(&[b"k"])), &regs(-1, 0)).unwrap();
+        assert_eq!(c.as_str(), "");
+    }
+
+    #[test]
+    fn uhi_host_errors() {
+        let ram = standard(b"", b"1", b"1");
+        // An argument that does not fit the buffer (with its NUL).
+        let big = vec![b'a'; MAX_STRING];
+        let h = host(&[b"k", &big]);
+        assert_eq!(
+            parse_cmdline(&ram, Some(&h), &regs(-1, 0)).err(),
+            Some(MaltaError::HostArg { index: 1 })
+        );
+        // A host whose count and arguments disagree.
+        struct Liar;
+        impl HostArgs for Liar {
+            fn count(&self) -> Option<usize> {
+                Some(3)
+            }
+            fn get(&self, n: usize, buf: &mut [u8]) -> Option<usize> {
+                (n == 1).then(|| {
+                    buf[..2].copy_from_slice(b"a\0");
+                    1
+                })
+            }
+        }
+        assert_eq!(
+            parse_cmdline(&ram, Some(&Liar), &regs(-1, 0)).err(),
+            Some(MaltaError::HostArg { index: 2 })
+        );
+        struct Many;
+        impl HostArgs for Many {
+            fn count(&self) -> Option<usize> {
+                Some(usize::MAX)
+            }
+            fn get(&self, _: usize, _: &mut [u8]) -> Option<usize> {
+                Some(0)
+            }
+        }
+        assert_eq!(
+            parse_cmdline(&ram, Some(&Many), &regs(-1, 0)).err(),
+            Some(MaltaError::TooManyHostArgs(usize::MAX))
+        );
+        // Words beyond MAX_CMDLINE in total.
+        let word = vec![b'w'; 1000];
+        let h = host(&[b"k", &word, &word, &word]);
+        assert!(matches!(
+            parse_cmdline(&ram, Some(&h), &regs(-1, 0)).err(),
+            Some(MaltaError::CmdLine(CmdLineError::TooLong(_)))
+        ));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use spin::Once;
 
 use super::console::{self, arch_println};
 use super::paging::{self, CKSEG0};
-use super::{exit, smp, tlb};
+use super::{exit, smp, tlb, uhi};
 use crate::ExitStatus;
 
 /// Physical memory below `limit`, read through CKSEG0 (unmapped, so a read
@@ -59,6 +59,9 @@ const CPU_COUNT_LIMIT: u64 = 1 << 22;
 #[unsafe(no_mangle)]
 extern "C" fn samara_mips_boot(a0: u64, a1: u64, a2: u64, a3: u64) -> ! {
     console::init();
+    // a0 = -1 is QEMU's sign that a UHI host is present (-semihosting); only
+    // then may `sdbbp` be used, to exit or to ask for the arguments.
+    uhi::set_present(a0 as i64 == -1);
     tlb::init();
     let cpus = smp::count_cpus(CPU_COUNT_STABLE, CPU_COUNT_LIMIT);
     let kernel = paging::kernel_phys_extent();
@@ -66,7 +69,8 @@ extern "C" fn samara_mips_boot(a0: u64, a1: u64, a2: u64, a3: u64) -> ! {
         limit: ram_limit(a3, kernel.1),
     };
     let regs = EntryRegs { a0, a1, a2, a3 };
-    let info = match malta::parse(&mem, &regs, kernel, cpus) {
+    let host = uhi::present().then_some(&uhi::Args as &dyn malta::HostArgs);
+    let info = match malta::parse(&mem, host, &regs, kernel, cpus) {
         Ok(info) => info,
         Err(e) => {
             arch_println!("\nmips64: bad Malta boot data: {e}");

@@ -1,4 +1,4 @@
-//! Ending a QEMU run: UHI semihosting `exit`.
+//! Ending a QEMU run: UHI semihosting `exit` (see [`super::uhi`]).
 //!
 //! `qemu-exit` has no MIPS backend, so this is Samara's, with the same
 //! interface. With `-semihosting`, QEMU treats `sdbbp 1` as a UHI call: t9
@@ -7,17 +7,14 @@
 //! isa-debug-exit produces (`(code << 1) | 1`): 33 for success, 35 for
 //! failure, so xtask decodes both architectures alike.
 //!
-//! Without `-semihosting` QEMU raises a debug exception into the boot ROM
-//! instead; there is no other exit device on Malta (its reset register only
-//! reboots), so we never get here in a correctly launched run. Should the
-//! `sdbbp` return, the CPU says so on the console and halts.
+//! Without `-semihosting` (the boot loader then passes a0 != -1) there is
+//! no way out: Malta has no exit device (its reset register only reboots)
+//! and `sdbbp` would jump into the boot ROM. The CPU then says so on the
+//! console, with the status, and halts; the harness's time-out ends QEMU.
 
-use core::arch::asm;
-
+use super::console::arch_println;
+use super::uhi;
 use crate::ExitStatus;
-
-/// The UHI operation number of `exit`.
-const UHI_EXIT: u64 = 1;
 
 /// The status QEMU exits with.
 pub const fn host_status(status: ExitStatus) -> u64 {
@@ -30,20 +27,14 @@ pub const fn host_status(status: ExitStatus) -> u64 {
 /// Ends the QEMU run with `status`.
 pub fn exit_qemu(status: ExitStatus) -> ! {
     let code = host_status(status);
-    // SAFETY: a UHI call reads only $25 and $4 and, under -semihosting,
-    // terminates QEMU. If semihosting is off, the debug exception does not
-    // come back here; if it somehow does, no register the compiler relies on
-    // was changed beyond the declared inputs.
-    unsafe {
-        asm!(
-            "sdbbp 1",
-            in("$25") UHI_EXIT,
-            in("$4") code,
-            options(nostack),
-        )
-    };
-    super::console::write_bytes(
-        b"\r\nmips64: UHI exit returned (QEMU lacks -semihosting); halting\r\n",
+    if uhi::present() {
+        // SAFETY: `exit` takes no pointer, and the host is present, so this
+        // terminates QEMU with `code`.
+        unsafe { uhi::call(uhi::op::EXIT, code, 0) };
+    }
+    arch_println!(
+        "\nmips64: cannot exit QEMU with status {code}: no UHI host (start QEMU with \
+         -semihosting); halting"
     );
     super::cpu::halt_forever()
 }

@@ -30,6 +30,7 @@ pub mod paging;
 pub mod smp;
 pub mod tlb;
 pub mod trap;
+pub mod uhi;
 
 /// The architecture's name as the banner prints it.
 pub const NAME: &str = "mips64";
