@@ -7,6 +7,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod cmdline;
+pub mod malta;
 pub mod memmap;
 pub mod options;
 pub mod pvh;

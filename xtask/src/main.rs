@@ -23,10 +23,8 @@ use xtask::qemu::{self, AccelChoice, Machine, Outcome, RunSpec};
 use xtask::{output_dir, workspace_root, Arch, Error, Result};
 
 /// Architectures whose kernels `cargo xtask test` lints, builds and boots by
-/// default. mips64 joins this list when the MIPS64 port (arch/src/mips64,
-/// linker/mips64-*) is merged; until then `cargo xtask test --arch mips64`
-/// runs its cases explicitly (and they fail, because the port is missing).
-const TEST_ARCHES: &[Arch] = &[Arch::X86_64];
+/// default.
+const TEST_ARCHES: &[Arch] = &[Arch::X86_64, Arch::Mips64];
 
 /// Host crates that clippy checks with `--all-targets` (the kernel crates
 /// are checked per target instead).
