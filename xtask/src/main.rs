@@ -277,6 +277,23 @@ impl Step {
     }
 }
 
+/// The names of the loom model test targets (`mm/tests/loom_*.rs`).
+fn loom_tests() -> Result<Vec<String>> {
+    let dir = workspace_root().join("mm/tests");
+    let rd = std::fs::read_dir(&dir)
+        .map_err(|e| Error::new(format!("cannot list {}: {e}", dir.display())))?;
+    let mut names: Vec<String> = rd
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| Some(n.strip_suffix(".rs")?.to_string()))
+        .filter(|n| n.starts_with("loom_"))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(Error::new("no loom models found in mm/tests"));
+    }
+    Ok(names)
+}
+
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root());
@@ -376,6 +393,24 @@ fn test_steps(o: &TestOpts) -> Vec<Step> {
 
     // Default members: the host crates' unit and integration tests.
     steps.push(Step::cargo("unit", &["test"], &[]));
+
+    // The loom models: every `mm/tests/loom_*.rs`, built with `--cfg loom`
+    // in their own target directory (the cfg changes every dependency), one
+    // test at a time because the mutation tests flip a process-wide switch.
+    steps.push(Step::new("loom", || {
+        let mut cmd = cargo();
+        cmd.args(["test", "-p", "mm", "--release"]);
+        for t in loom_tests()? {
+            cmd.args(["--test", &t]);
+        }
+        cmd.args(["--", "--test-threads=1"]);
+        cmd.env("RUSTFLAGS", "--cfg loom");
+        cmd.env("CARGO_TARGET_DIR", workspace_root().join("target/loom"));
+        status(
+            &mut cmd,
+            "cargo test -p mm --release --test loom_* (--cfg loom)",
+        )
+    }));
 
     let configs: Vec<KernelConfig> = arches
         .iter()
