@@ -490,9 +490,10 @@ pub enum OcteonError {
     /// The arguments start with U-Boot's own command: `endbootargs` missing.
     MissingEndBootArgs,
     EmptyCoreMask,
+    /// (`mask` is the mask's low 64 bits, the cores Samara can drive.)
     BootCoreNotInMask {
         core: u32,
-        mask: CoreMask,
+        mask: u64,
     },
     /// `phy_mem_desc_addr` is NULL.
     NoBootmem,
@@ -592,7 +593,7 @@ impl fmt::Display for OcteonError {
             ),
             EmptyCoreMask => f.write_str("the core mask is empty"),
             BootCoreNotInMask { core, mask } => {
-                write!(f, "boot core {core} is not in the core mask {mask}")
+                write!(f, "boot core {core} is not in the core mask ({mask:#x} for cores 0..63)")
             }
             NoBootmem => f.write_str("cvmx_bootinfo has no bootmem descriptor (NULL)"),
             BootmemVersion { major, minor } => write!(
@@ -939,7 +940,7 @@ pub fn parse<M: BootMemory + ?Sized>(
     if !core_mask.contains(boot_core) {
         return Err(OcteonError::BootCoreNotInMask {
             core: boot_core,
-            mask: core_mask,
+            mask: core_mask.low64(),
         });
     }
 

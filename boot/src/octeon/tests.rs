@@ -484,7 +484,7 @@ fn descriptor_pointer_and_versions() {
         b.desc_at,                // physical, not XKPHYS
         XKPHYS | (b.desc_at + 4), // misaligned
         XKPHYS | 0x3000_0000,     // beyond the first window
-        XKPHYS | 0,               // NULL
+        XKPHYS,                   // NULL
         XKPHYS | (DDR0_SIZE - 8), // descriptor would run off the window
         0x8001_1800_0000_0800,    // the UART
     ] {
@@ -713,7 +713,7 @@ fn core_masks() {
         b.parse().err(),
         Some(OcteonError::BootCoreNotInMask {
             core: 0,
-            mask: CoreMask::from_low(0b110)
+            mask: 0b110
         })
     );
     // Another boot core is fine when it is in the mask.
