@@ -17,8 +17,8 @@ use std::time::Duration;
 
 pub use xtask::build::KernelConfig;
 pub use xtask::qemu::Outcome;
-pub use xtask::Arch;
 use xtask::qemu::{self, AccelChoice, Machine, RunSpec};
+pub use xtask::{Arch, Board};
 
 /// How long one scenario may run before it counts as hung. TCG-emulated
 /// MIPS boots take longer than KVM x86_64 ones; both are far below this.
@@ -103,7 +103,10 @@ impl ScenarioRun {
             .log_text
             .lines()
             .find_map(|l| l.trim_start().strip_prefix(prefix));
-        self.require(found.is_some(), &format!("no log line starts with `{prefix}`"));
+        self.require(
+            found.is_some(),
+            &format!("no log line starts with `{prefix}`"),
+        );
         found.unwrap_or_default()
     }
 }
@@ -113,6 +116,7 @@ impl ScenarioRun {
 pub fn run(arch: Arch, per_vma_lock: bool, name: &str, kernel_args: &str) -> ScenarioRun {
     let config = KernelConfig {
         arch,
+        board: Board::Malta,
         release: std::env::var("SAMARA_TEST_RELEASE").is_ok_and(|v| v == "1"),
         per_vma_lock,
     };
@@ -188,7 +192,10 @@ pub fn scenario_pagefault(arch: Arch, per_vma_lock: bool) {
         .line_after("test pagefault: reading unmapped kernel address ")
         .trim()
         .to_string();
-    r.require(addr.starts_with("0x"), "the probed address is printed in hex");
+    r.require(
+        addr.starts_with("0x"),
+        "the probed address is printed in hex",
+    );
     r.require_line(&format!("kernel fault: Read access to {addr} at pc "));
     r.require_line("(not present, kernel mode");
     r.require_line(&format!(

@@ -82,7 +82,10 @@ pub fn ensure_qemu(arch: Arch) -> Result<PathBuf> {
         )));
     }
     println!("xtask: {bin} not found; installing the Debian package {pkg} with apt-get (running as root)");
-    if apt(&["update"]) && apt(&["install", "-y", "--no-install-recommends", pkg]) && which(bin).is_some() {
+    if apt(&["update"])
+        && apt(&["install", "-y", "--no-install-recommends", pkg])
+        && which(bin).is_some()
+    {
         return which(bin).ok_or_else(|| Error::new(format!("{bin} still missing after install")));
     }
     if !codename.is_empty() {
@@ -103,7 +106,14 @@ pub fn ensure_qemu(arch: Arch) -> Result<PathBuf> {
                 .map_err(|e| Error::new(format!("cannot write {}: {e}", list.display())))?;
         }
         if apt(&["update"])
-            && apt(&["install", "-y", "--no-install-recommends", "-t", &suite, pkg])
+            && apt(&[
+                "install",
+                "-y",
+                "--no-install-recommends",
+                "-t",
+                &suite,
+                pkg,
+            ])
         {
             if let Some(p) = which(bin) {
                 return Ok(p);

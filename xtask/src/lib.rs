@@ -10,7 +10,7 @@ pub mod qemu;
 
 use std::path::PathBuf;
 
-pub use arch::Arch;
+pub use arch::{Arch, Board};
 
 /// The workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {

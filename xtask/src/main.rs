@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use xtask::build::KernelConfig;
 use xtask::qemu::{self, AccelChoice, Machine, Outcome, RunSpec};
-use xtask::{output_dir, workspace_root, Arch, Error, Result};
+use xtask::{output_dir, workspace_root, Arch, Board, Error, Result};
 
 /// Architectures whose kernels `cargo xtask test` lints, builds and boots by
 /// default.
@@ -29,7 +29,11 @@ const TEST_ARCHES: &[Arch] = &[Arch::X86_64, Arch::Mips64];
 const HOST_PACKAGES: &[&str] = &["mm", "boot", "xtask", "qemu-tests"];
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build, run and test the Samara kernel", version)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run and test the Samara kernel",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -52,6 +56,9 @@ struct KernelOpts {
     /// Target architecture.
     #[arg(long, default_value = "x86_64", value_parser = parse_arch)]
     arch: Arch,
+    /// MIPS64 platform: malta (QEMU) or octeon (U-Boot boards, see `flash`).
+    #[arg(long, default_value = "malta", value_parser = parse_board)]
+    board: Board,
     /// Build with the release profile.
     #[arg(long)]
     release: bool,
@@ -64,6 +71,7 @@ impl KernelOpts {
     fn config(&self) -> KernelConfig {
         KernelConfig {
             arch: self.arch,
+            board: self.board,
             release: self.release,
             per_vma_lock: !self.no_per_vma_lock,
         }
@@ -130,6 +138,10 @@ fn parse_arch(s: &str) -> std::result::Result<Arch, String> {
     s.parse()
 }
 
+fn parse_board(s: &str) -> std::result::Result<Board, String> {
+    s.parse()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -148,6 +160,7 @@ fn main() -> ExitCode {
 }
 
 fn build(o: &KernelOpts) -> Result<std::path::PathBuf> {
+    o.board.check(o.arch).map_err(Error::new)?;
     let config = o.config();
     println!("xtask: building kernel ({})", config.describe());
     let start = Instant::now();
@@ -316,12 +329,16 @@ fn test_steps(o: &TestOpts) -> Vec<Step> {
         steps.push(Step::new(format!("clippy-kernel-{arch}"), move || {
             let config = KernelConfig {
                 arch,
+                board: Board::Malta,
                 release,
                 per_vma_lock: true,
             };
             let mut cmd = config.cargo("clippy");
             cmd.args(["--", "-D", "warnings"]);
-            status(&mut cmd, &format!("cargo clippy (kernel, {arch}) -- -D warnings"))
+            status(
+                &mut cmd,
+                &format!("cargo clippy (kernel, {arch}) -- -D warnings"),
+            )
         }));
     }
 
@@ -333,6 +350,7 @@ fn test_steps(o: &TestOpts) -> Vec<Step> {
         .flat_map(|&arch| {
             pvl_configs.iter().map(move |&per_vma_lock| KernelConfig {
                 arch,
+                board: Board::Malta,
                 release: o.release,
                 per_vma_lock,
             })
