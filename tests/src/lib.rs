@@ -181,6 +181,7 @@ pub fn scenario_boot(arch: Arch, per_vma_lock: bool) {
     require_banner(&r);
     r.require_line("cmdline:      \"test=boot\"");
     r.require_line("samara: result: pass: test boot: booted");
+    r.require_line("samara: exit 0");
 }
 
 /// `test=pagefault`: the read of an unmapped kernel address is caught, and
@@ -201,6 +202,7 @@ pub fn scenario_pagefault(arch: Arch, per_vma_lock: bool) {
     r.require_line(&format!(
         "samara: result: pass: test pagefault: caught not-present kernel read of {addr}"
     ));
+    r.require_line("samara: exit 0");
 }
 
 /// `test=panic`: the panic message and location reach the console and QEMU
@@ -211,6 +213,7 @@ pub fn scenario_panic(arch: Arch, per_vma_lock: bool) {
     r.require_line("kernel panicked at kernel/src/main.rs:");
     r.require_line("deliberate panic (test=panic)");
     r.require_line("samara: result: fail: kernel panic");
+    r.require_line("samara: exit 1");
 }
 
 /// An unknown key is refused with the list of valid keys and a failure status.
@@ -218,4 +221,5 @@ pub fn scenario_bad_args(arch: Arch, per_vma_lock: bool) {
     let r = run(arch, per_vma_lock, "badargs", "test=boot frobnicate=1");
     r.require_outcome(Outcome::KernelFailure);
     r.require_line("bad kernel command line: unknown key `frobnicate`; valid keys: test=");
+    r.require_line("samara: exit 1");
 }
