@@ -15,7 +15,9 @@
 //! New subcommands (bench, flash) are one more `Cmd` variant and function;
 //! new test steps are one more entry in [`test_steps`].
 
-use std::process::{Command, ExitCode};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
@@ -34,6 +36,7 @@ const HOST_PACKAGES: &[&str] = &["mm", "boot", "xtask", "qemu-tests"];
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
+    bin_name = "cargo xtask",
     about = "Build, run and test the Samara kernel",
     version
 )]
@@ -362,11 +365,50 @@ fn cargo() -> Command {
     cmd
 }
 
+/// Tests counted from libtest's `test result:` lines of every command run
+/// through [`status`], for the closing line of `cargo xtask test`.
+static TESTS_PASSED: AtomicU64 = AtomicU64::new(0);
+static TESTS_FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// `(passed, failed)` from a libtest summary line such as
+/// "test result: ok. 13 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; ...".
+fn parse_test_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.trim().strip_prefix("test result: ")?;
+    let count = |what: &str| {
+        rest.split(';').find_map(|part| {
+            part.trim()
+                .strip_suffix(what)?
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+    };
+    Some((count(" passed")?, count(" failed")?))
+}
+
+/// Runs `cmd`, streaming its stdout through (and counting test results).
 fn status(cmd: &mut Command, label: &str) -> Result<()> {
     println!("xtask: + {label}");
-    let s = cmd
-        .status()
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
         .map_err(|e| Error::new(format!("cannot run {label}: {e}")))?;
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out)
+            .lines()
+            .map_while(std::result::Result::ok)
+        {
+            println!("{line}");
+            if let Some((p, f)) = parse_test_result(&line) {
+                TESTS_PASSED.fetch_add(p, Ordering::Relaxed);
+                TESTS_FAILED.fetch_add(f, Ordering::Relaxed);
+            }
+        }
+    }
+    let s = child
+        .wait()
+        .map_err(|e| Error::new(format!("cannot wait for {label}: {e}")))?;
     if s.success() {
         Ok(())
     } else {
@@ -543,13 +585,16 @@ fn test(o: &TestOpts) -> Result<()> {
             )));
         }
     }
-    let arches: Vec<Arch> = o.arch.map_or(TEST_ARCHES.to_vec(), |a| vec![a]);
     for a in Arch::ALL {
-        if !arches.contains(&a) {
-            println!(
+        match o.arch {
+            Some(only) if only != a => {
+                println!("xtask: NOTE: {a} is not in this run (--arch {only})")
+            }
+            None if !TEST_ARCHES.contains(&a) => println!(
                 "xtask: NOTE: {a} is not in this run (not enabled in xtask TEST_ARCHES; \
                  `cargo xtask test --arch {a}` runs it)"
-            );
+            ),
+            _ => {}
         }
     }
     let total = Instant::now();
@@ -563,6 +608,11 @@ fn test(o: &TestOpts) -> Result<()> {
         let r = (step.run)();
         times.push((step.name.clone(), start.elapsed()));
         if let Err(e) = r {
+            println!(
+                "tests: {} passed, {} failed",
+                TESTS_PASSED.load(Ordering::Relaxed),
+                TESTS_FAILED.load(Ordering::Relaxed).max(1)
+            );
             return Err(Error::new(format!("step {} failed: {e}", step.name)));
         }
     }
@@ -574,6 +624,12 @@ fn test(o: &TestOpts) -> Result<()> {
         "xtask:   {:<22} {:>7.1} s",
         "total",
         total.elapsed().as_secs_f64()
+    );
+    // The closing line CI reads: every libtest result of the steps above.
+    println!(
+        "tests: {} passed, {} failed",
+        TESTS_PASSED.load(Ordering::Relaxed),
+        TESTS_FAILED.load(Ordering::Relaxed)
     );
     Ok(())
 }
@@ -704,5 +760,34 @@ fn miri(o: &MiriOpts) -> Result<()> {
     cmd.current_dir(workspace_root())
         .args(["+nightly", "miri", "test", "-p", "mm"])
         .args(&o.args);
-    status(&mut cmd, "cargo +nightly miri test -p mm")
+    let label = format!("cargo +nightly miri test -p mm {}", o.args.join(" "));
+    status(&mut cmd, label.trim_end())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_libtest_summaries() {
+        assert_eq!(
+            parse_test_result(
+                "test result: ok. 13 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s"
+            ),
+            Some((13, 0))
+        );
+        assert_eq!(
+            parse_test_result(
+                "test result: FAILED. 8 passed; 1 failed; 0 ignored; 0 measured; 8 filtered out"
+            ),
+            Some((8, 1))
+        );
+        assert_eq!(parse_test_result("running 8 tests"), None);
+    }
+
+    #[test]
+    fn x86_64_is_always_tested() {
+        // The host's own architecture is never left out of `cargo xtask test`.
+        assert!(TEST_ARCHES.contains(&Arch::X86_64));
+    }
 }

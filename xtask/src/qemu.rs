@@ -127,6 +127,10 @@ pub fn qemu_args(
         Arch::X86_64 => {
             push("-machine");
             push("q35");
+            // qboot instead of SeaBIOS: it boots the PVH kernel directly and
+            // takes ~0.1 s where SeaBIOS takes ~3.5 s under nested KVM.
+            push("-bios");
+            push("qboot.rom");
             match m.accel {
                 Accel::Kvm => {
                     push("-accel");
@@ -435,6 +439,7 @@ mod tests {
     fn x86_64_arguments() {
         let a = args_of(Arch::X86_64, Accel::Kvm, false);
         assert!(has_pair(&a, "-accel", "kvm"));
+        assert!(has_pair(&a, "-bios", "qboot.rom"));
         assert!(has_pair(
             &a,
             "-device",

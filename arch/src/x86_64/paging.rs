@@ -115,10 +115,10 @@ pub fn extend_physmap(memory: &mut MemoryMap) -> Result<(), PhysmapError> {
     let first_gib = (BOOT_PHYSMAP_END >> 30) as usize;
     let end_gib = ram_end.div_ceil(1 << 30) as usize;
     let huge = super::cpu::has_1g_pages();
-    for gib in first_gib..end_gib {
+    for (gib, entry) in pdpt.iter_mut().enumerate().take(end_gib).skip(first_gib) {
         let base = (gib as u64) << 30;
         if huge {
-            pdpt[gib] = base | PTE_PRESENT | PTE_WRITABLE | PTE_HUGE;
+            *entry = base | PTE_PRESENT | PTE_WRITABLE | PTE_HUGE;
             continue;
         }
         let pd_pa = memory
@@ -130,7 +130,7 @@ pub fn extend_physmap(memory: &mut MemoryMap) -> Result<(), PhysmapError> {
         for (i, e) in pd.iter_mut().enumerate() {
             *e = (base + ((i as u64) << 21)) | PTE_PRESENT | PTE_WRITABLE | PTE_HUGE;
         }
-        pdpt[gib] = pd_pa | PTE_PRESENT | PTE_WRITABLE;
+        *entry = pd_pa | PTE_PRESENT | PTE_WRITABLE;
     }
     // New entries replace not-present ones, which the TLB never caches: no
     // flush needed.
