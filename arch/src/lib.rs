@@ -16,7 +16,7 @@
 //! | `NAME: &str` | the architecture as the banner prints it (`"x86_64"`, `"mips64"`) |
 //! | `console::init()` | make the boot console usable (the entry code calls it first) |
 //! | `console::write_bytes(&[u8])` | write raw bytes, polled, no newline translation (the kernel turns `\n` into `\r\n`) |
-//! | `exit::exit_qemu(ExitStatus) -> !` | end the QEMU run: host status 33 for success, 35 for failure |
+//! | `exit::exit_qemu(ExitStatus) -> !` | print the exit marker ([`print_exit_marker`]), then end the QEMU run: host status 33 for success, 35 for failure (a board without a host halts) |
 //! | `cpu::description() -> impl Display` | the boot CPU (CPUID vendor/family/model; PRId on MIPS) |
 //! | `cpu::halt_forever() -> !` | stop this CPU with interrupts off |
 //! | `paging::phys_to_virt(u64) -> *mut u8` | kernel virtual address of a physical address (physmap / XKPHYS) |
@@ -46,6 +46,32 @@ pub use imp::{console, cpu, exit, paging, NAME};
 pub enum ExitStatus {
     Success,
     Failure,
+}
+
+impl ExitStatus {
+    /// The status the exit marker reports: 0 for success, 1 for failure,
+    /// the usual process exit statuses (`cargo xtask flash` exits with it).
+    pub const fn code(self) -> u8 {
+        match self {
+            ExitStatus::Success => 0,
+            ExitStatus::Failure => 1,
+        }
+    }
+}
+
+/// The start of the marker line every exit path prints last:
+/// `samara: exit N`, N from [`ExitStatus::code`]. A console watcher with no
+/// other channel to the kernel (a serial line to a board) ends on it.
+pub const EXIT_MARKER: &str = "samara: exit ";
+
+/// Prints the exit marker on the boot console, without taking the kernel's
+/// console lock (exit paths include panics and nested exceptions). Called by
+/// every architecture's `exit::exit_qemu` first.
+pub fn print_exit_marker(status: ExitStatus) {
+    write_display(
+        imp::console::write_bytes,
+        &format_args!("{EXIT_MARKER}{}\n", status.code()),
+    );
 }
 
 /// What the access that faulted was trying to do.

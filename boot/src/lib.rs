@@ -9,7 +9,9 @@
 pub mod cmdline;
 pub mod malta;
 pub mod memmap;
+pub mod octeon;
 pub mod options;
+pub mod phys;
 pub mod pvh;
 
 pub use cmdline::CmdLine;

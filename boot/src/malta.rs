@@ -65,12 +65,7 @@ pub const MAX_ENV: usize = 64;
 /// Longest single argv or environment string accepted, in bytes.
 pub const MAX_STRING: usize = crate::cmdline::MAX_CMDLINE;
 
-/// Physical memory as the boot loader left it.
-pub trait BootMemory {
-    /// Fills `buf` from physical address `phys`, or returns `false` if any
-    /// byte of `[phys, phys + buf.len())` is not readable RAM.
-    fn read(&self, phys: u64, buf: &mut [u8]) -> bool;
-}
+pub use crate::phys::BootMemory;
 
 /// Arguments held by a debugger host (UHI semihosting `argc`/`argnlen`/
 /// `argn`), consulted when a0 = -1.

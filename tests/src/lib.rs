@@ -18,7 +18,7 @@ use std::time::Duration;
 pub use xtask::build::KernelConfig;
 pub use xtask::qemu::Outcome;
 use xtask::qemu::{self, AccelChoice, Machine, RunSpec};
-pub use xtask::Arch;
+pub use xtask::{Arch, Board};
 
 /// How long one scenario may run before it counts as hung. TCG-emulated
 /// MIPS boots take longer than KVM x86_64 ones; both are far below this.
@@ -116,6 +116,7 @@ impl ScenarioRun {
 pub fn run(arch: Arch, per_vma_lock: bool, name: &str, kernel_args: &str) -> ScenarioRun {
     let config = KernelConfig {
         arch,
+        board: Board::Malta,
         release: std::env::var("SAMARA_TEST_RELEASE").is_ok_and(|v| v == "1"),
         per_vma_lock,
     };
@@ -180,6 +181,7 @@ pub fn scenario_boot(arch: Arch, per_vma_lock: bool) {
     require_banner(&r);
     r.require_line("cmdline:      \"test=boot\"");
     r.require_line("samara: result: pass: test boot: booted");
+    r.require_line("samara: exit 0");
 }
 
 /// `test=pagefault`: the read of an unmapped kernel address is caught, and
@@ -200,6 +202,7 @@ pub fn scenario_pagefault(arch: Arch, per_vma_lock: bool) {
     r.require_line(&format!(
         "samara: result: pass: test pagefault: caught not-present kernel read of {addr}"
     ));
+    r.require_line("samara: exit 0");
 }
 
 /// `test=panic`: the panic message and location reach the console and QEMU
@@ -210,6 +213,7 @@ pub fn scenario_panic(arch: Arch, per_vma_lock: bool) {
     r.require_line("kernel panicked at kernel/src/main.rs:");
     r.require_line("deliberate panic (test=panic)");
     r.require_line("samara: result: fail: kernel panic");
+    r.require_line("samara: exit 1");
 }
 
 /// An unknown key is refused with the list of valid keys and a failure status.
@@ -217,4 +221,5 @@ pub fn scenario_bad_args(arch: Arch, per_vma_lock: bool) {
     let r = run(arch, per_vma_lock, "badargs", "test=boot frobnicate=1");
     r.require_outcome(Outcome::KernelFailure);
     r.require_line("bad kernel command line: unknown key `frobnicate`; valid keys: test=");
+    r.require_line("samara: exit 1");
 }

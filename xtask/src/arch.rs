@@ -57,6 +57,55 @@ impl FromStr for Arch {
     }
 }
 
+/// The MIPS64 platform a kernel is built for (`--board`). x86_64 has one
+/// platform (QEMU's q35) and only accepts the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Board {
+    /// QEMU's Malta (mips64) or q35 (x86_64): the default, bootable in QEMU.
+    #[default]
+    Malta,
+    /// Cavium Octeon boards booted by U-Boot (`cargo xtask flash`).
+    Octeon,
+}
+
+impl Board {
+    pub fn name(self) -> &'static str {
+        match self {
+            Board::Malta => "malta",
+            Board::Octeon => "octeon",
+        }
+    }
+
+    /// Checks that `arch` has this board.
+    pub fn check(self, arch: Arch) -> Result<(), String> {
+        match (arch, self) {
+            (Arch::X86_64, Board::Octeon) => Err(format!(
+                "--board {} needs --arch mips64 (x86_64 has one platform, QEMU's q35)",
+                self.name()
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for Board {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Board {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "malta" => Ok(Board::Malta),
+            "octeon" => Ok(Board::Octeon),
+            _ => Err(format!("unknown board `{s}` (expected malta or octeon)")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +122,18 @@ mod tests {
         for a in Arch::ALL {
             assert_eq!(a.name().parse(), Ok(a));
         }
+    }
+
+    #[test]
+    fn boards() {
+        assert_eq!("octeon".parse(), Ok(Board::Octeon));
+        assert_eq!("malta".parse(), Ok(Board::Malta));
+        assert!("erlite".parse::<Board>().is_err());
+        assert!(Board::Octeon.check(Arch::Mips64).is_ok());
+        assert!(Board::Octeon
+            .check(Arch::X86_64)
+            .unwrap_err()
+            .contains("--arch mips64"));
+        assert!(Board::Malta.check(Arch::X86_64).is_ok());
     }
 }

@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use crate::{output_dir, workspace_root, Arch, Error, Result};
+use crate::{output_dir, workspace_root, Arch, Board, Error, Result};
 
 /// The MIPS64 target spec (Octeon, n64, big endian, soft-float, os = none).
 pub const MIPS64_TARGET_SPEC: &str = "linker/mips64-samara-none.json";
@@ -20,27 +20,41 @@ pub const MIPS64_TARGET_SPEC: &str = "linker/mips64-samara-none.json";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KernelConfig {
     pub arch: Arch,
+    /// The MIPS64 platform (cargo feature `board-octeon` for Octeon);
+    /// always [`Board::Malta`] on x86_64.
+    pub board: Board,
     pub release: bool,
     /// Build with the `per-vma-lock` feature (the default).
     pub per_vma_lock: bool,
 }
 
 impl KernelConfig {
-    /// "x86_64, debug, per-vma-lock on"
+    /// "x86_64, debug, per-vma-lock on"; "mips64 (octeon), ..." for boards.
     pub fn describe(&self) -> String {
         format!(
-            "{}, {}, per-vma-lock {}",
+            "{}{}, {}, per-vma-lock {}",
             self.arch,
+            if self.board == Board::Octeon {
+                " (octeon)"
+            } else {
+                ""
+            },
             self.profile(),
             if self.per_vma_lock { "on" } else { "off" }
         )
     }
 
-    /// A file-name-safe name: "x86_64-debug-pvl", "mips64-release-nopvl".
+    /// A file-name-safe name: "x86_64-debug-pvl", "mips64-release-nopvl",
+    /// "mips64-octeon-debug-pvl".
     pub fn slug(&self) -> String {
         format!(
-            "{}-{}-{}",
+            "{}{}-{}-{}",
             self.arch,
+            if self.board == Board::Octeon {
+                "-octeon"
+            } else {
+                ""
+            },
             self.profile(),
             if self.per_vma_lock { "pvl" } else { "nopvl" }
         )
@@ -115,6 +129,9 @@ impl KernelConfig {
         if !self.per_vma_lock {
             cmd.arg("--no-default-features");
         }
+        if self.board == Board::Octeon {
+            cmd.args(["--features", "board-octeon"]);
+        }
         cmd
     }
 
@@ -183,6 +200,7 @@ mod tests {
     fn x86_64_build_uses_builtin_target_and_features() {
         let c = KernelConfig {
             arch: Arch::X86_64,
+            board: Board::Malta,
             release: true,
             per_vma_lock: false,
         };
@@ -205,6 +223,7 @@ mod tests {
     fn mips64_build_sets_bootstrap_only_on_the_child() {
         let c = KernelConfig {
             arch: Arch::Mips64,
+            board: Board::Malta,
             release: false,
             per_vma_lock: true,
         };
@@ -222,6 +241,22 @@ mod tests {
         assert!(a.contains(&"json-target-spec".to_string()));
         assert!(a.iter().any(|x| x.ends_with(MIPS64_TARGET_SPEC)));
         assert!(!a.contains(&"--no-default-features".to_string()));
+        assert!(!a.contains(&"board-octeon".to_string()));
         assert_eq!(c.slug(), "mips64-debug-pvl");
+    }
+
+    #[test]
+    fn octeon_build_selects_the_board_feature() {
+        let c = KernelConfig {
+            arch: Arch::Mips64,
+            board: Board::Octeon,
+            release: true,
+            per_vma_lock: false,
+        };
+        let a = args(&c);
+        assert!(a.windows(2).any(|w| w == ["--features", "board-octeon"]));
+        assert!(a.contains(&"--no-default-features".to_string()));
+        assert_eq!(c.slug(), "mips64-octeon-release-nopvl");
+        assert_eq!(c.describe(), "mips64 (octeon), release, per-vma-lock off");
     }
 }

@@ -1,16 +1,20 @@
-//! Samara's host build tool, as a library: kernel builds, QEMU runs and the
-//! QEMU installer. The `xtask` binary (`cargo xtask ...`) is the command line
+//! Samara's host build tool, as a library: kernel builds, QEMU runs, the
+//! QEMU installer, and booting Octeon boards through U-Boot (`flash`,
+//! `serial`, `elf`). The `xtask` binary (`cargo xtask ...`) is the command line
 //! over it; the `qemu-tests` integration tests use the same functions, so a
 //! kernel is built and booted exactly one way.
 
 pub mod arch;
 pub mod build;
+pub mod elf;
+pub mod flash;
 pub mod install;
 pub mod qemu;
+pub mod serial;
 
 use std::path::PathBuf;
 
-pub use arch::Arch;
+pub use arch::{Arch, Board};
 
 /// The workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {

@@ -7,6 +7,9 @@
 //! cargo xtask test  [--arch A] [--release] [--no-per-vma-lock] [--smp N] [--mem SIZE]
 //!                   [--accel ...] [--only STEP]...
 //! cargo xtask miri  [-- ARGS...]
+//! cargo xtask flash --board octeon [--tftp DIR [--server IP] | --fat "usb 0:1"]
+//!                   [--loadaddr ADDR] [--coremask MASK] [--serial DEV [--baud N]]
+//!                   [--release] [--no-per-vma-lock] [-- KERNEL_ARGS...]
 //! ```
 //!
 //! New subcommands (bench, flash) are one more `Cmd` variant and function;
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use xtask::build::KernelConfig;
 use xtask::qemu::{self, AccelChoice, Machine, Outcome, RunSpec};
-use xtask::{output_dir, workspace_root, Arch, Error, Result};
+use xtask::{output_dir, workspace_root, Arch, Board, Error, Result};
 
 /// Architectures whose kernels `cargo xtask test` lints, builds and boots by
 /// default.
@@ -52,6 +55,56 @@ enum Cmd {
     Test(TestOpts),
     /// Run mm's tests under Miri (nightly; installs miri with rustup if missing).
     Miri(MiriOpts),
+    /// Build for an Octeon board, check the image, write it with a U-Boot
+    /// script, and (with --serial) boot it through U-Boot and watch it.
+    Flash(FlashOpts),
+}
+
+#[derive(Args)]
+struct FlashOpts {
+    /// The platform: only octeon boards are flashed.
+    #[arg(long, value_parser = parse_board)]
+    board: Board,
+    /// Build with the release profile.
+    #[arg(long)]
+    release: bool,
+    /// Build without the `per-vma-lock` feature.
+    #[arg(long)]
+    no_per_vma_lock: bool,
+    /// Write samara.elf and the scripts into this TFTP server directory and
+    /// load with tftpboot (default: tftpboot, files in target/samara/flash/).
+    #[arg(long, value_name = "DIR", conflicts_with = "fat")]
+    tftp: Option<std::path::PathBuf>,
+    /// TFTP server address for tftpboot (default: U-Boot's serverip).
+    #[arg(long, value_name = "IP")]
+    server: Option<String>,
+    /// Load with fatload from this U-Boot device instead, e.g. "usb 0:1"
+    /// (EdgeRouter Lite) or "mmc 0:1"; copy samara.elf to that partition.
+    #[arg(long, value_name = "IFACE DEV:PART")]
+    fat: Option<String>,
+    /// Where U-Boot loads the ELF file (SDK U-Boot: 0x20000000; EdgeRouter
+    /// Lite: 0x9f00000; mainline: 0xffffffff80100000).
+    #[arg(long, default_value = "0x20000000", value_parser = parse_hex)]
+    loadaddr: u64,
+    /// Cores U-Boot starts (all but the boot core park in the kernel).
+    #[arg(long, default_value = "0x1", value_parser = parse_hex)]
+    coremask: u64,
+    /// Drive U-Boot on this serial device, then monitor the kernel and exit
+    /// with the status it reports.
+    #[arg(long, value_name = "DEV")]
+    serial: Option<std::path::PathBuf>,
+    /// Baud rate of --serial (U-Boot's console rate).
+    #[arg(long, default_value_t = 115200)]
+    baud: u32,
+    /// With --serial: seconds to wait for U-Boot (power the board on meanwhile).
+    #[arg(long, default_value_t = 300)]
+    prompt_timeout: u64,
+    /// With --serial: seconds the kernel may run before the monitor gives up.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Kernel command line: test=boot|pagefault|panic, workload=none, per_vma_lock=on|off.
+    #[arg(last = true)]
+    kernel_args: Vec<String>,
 }
 
 #[derive(Args, Clone)]
@@ -59,6 +112,9 @@ struct KernelOpts {
     /// Target architecture.
     #[arg(long, default_value = "x86_64", value_parser = parse_arch)]
     arch: Arch,
+    /// MIPS64 platform: malta (QEMU) or octeon (U-Boot boards, see `flash`).
+    #[arg(long, default_value = "malta", value_parser = parse_board)]
+    board: Board,
     /// Build with the release profile.
     #[arg(long)]
     release: bool,
@@ -71,6 +127,7 @@ impl KernelOpts {
     fn config(&self) -> KernelConfig {
         KernelConfig {
             arch: self.arch,
+            board: self.board,
             release: self.release,
             per_vma_lock: !self.no_per_vma_lock,
         }
@@ -137,6 +194,18 @@ fn parse_arch(s: &str) -> std::result::Result<Arch, String> {
     s.parse()
 }
 
+fn parse_board(s: &str) -> std::result::Result<Board, String> {
+    s.parse()
+}
+
+fn parse_hex(s: &str) -> std::result::Result<u64, String> {
+    let digits = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    u64::from_str_radix(digits, 16).map_err(|_| format!("`{s}` is not a hexadecimal number"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -144,6 +213,12 @@ fn main() -> ExitCode {
         Cmd::Run(o) => run(&o),
         Cmd::Test(o) => test(&o),
         Cmd::Miri(o) => miri(&o),
+        Cmd::Flash(o) => match flash(&o) {
+            // The kernel's own status (`samara: exit N`), when it ran.
+            Ok(Some(code)) => return ExitCode::from(code),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -155,6 +230,7 @@ fn main() -> ExitCode {
 }
 
 fn build(o: &KernelOpts) -> Result<std::path::PathBuf> {
+    o.board.check(o.arch).map_err(Error::new)?;
     let config = o.config();
     println!("xtask: building kernel ({})", config.describe());
     let start = Instant::now();
@@ -176,6 +252,12 @@ fn rel(path: &std::path::Path) -> String {
 }
 
 fn run(o: &RunOpts) -> Result<()> {
+    if o.kernel.board == Board::Octeon {
+        return Err(Error::new(
+            "the octeon platform needs a real board (QEMU has the Octeon CPU but not its SoC); \
+             use `cargo xtask flash --board octeon`",
+        ));
+    }
     let image = build(&o.kernel)?;
     let config = o.kernel.config();
     let choice = match o.machine.accel {
@@ -379,6 +461,7 @@ fn test_steps(o: &TestOpts) -> Vec<Step> {
         steps.push(Step::new(format!("clippy-kernel-{arch}"), move || {
             let config = KernelConfig {
                 arch,
+                board: Board::Malta,
                 release,
                 per_vma_lock: true,
             };
@@ -387,6 +470,24 @@ fn test_steps(o: &TestOpts) -> Vec<Step> {
             status(
                 &mut cmd,
                 &format!("cargo clippy (kernel, {arch}) -- -D warnings"),
+            )
+        }));
+    }
+
+    if arches.contains(&Arch::Mips64) {
+        let release = o.release;
+        steps.push(Step::new("clippy-kernel-mips64-octeon", move || {
+            let config = KernelConfig {
+                arch: Arch::Mips64,
+                board: Board::Octeon,
+                release,
+                per_vma_lock: true,
+            };
+            let mut cmd = config.cargo("clippy");
+            cmd.args(["--", "-D", "warnings"]);
+            status(
+                &mut cmd,
+                "cargo clippy (kernel, mips64 octeon) -- -D warnings",
             )
         }));
     }
@@ -417,6 +518,7 @@ fn test_steps(o: &TestOpts) -> Vec<Step> {
         .flat_map(|&arch| {
             pvl_configs.iter().map(move |&per_vma_lock| KernelConfig {
                 arch,
+                board: Board::Malta,
                 release: o.release,
                 per_vma_lock,
             })
@@ -430,6 +532,42 @@ fn test_steps(o: &TestOpts) -> Vec<Step> {
         }
         Ok(())
     }));
+
+    // Octeon boards are not in QEMU: build their kernels and check the
+    // program headers against every usual U-Boot load address.
+    if arches.contains(&Arch::Mips64) {
+        let octeon: Vec<KernelConfig> = pvl_configs
+            .iter()
+            .map(|&per_vma_lock| KernelConfig {
+                arch: Arch::Mips64,
+                board: Board::Octeon,
+                release: o.release,
+                per_vma_lock,
+            })
+            .collect();
+        steps.push(Step::new("octeon-image", move || {
+            for c in &octeon {
+                println!("xtask: building kernel ({})", c.describe());
+                let image = c.build(false)?;
+                let bytes = std::fs::read(&image)
+                    .map_err(|e| Error::new(format!("cannot read {}: {e}", image.display())))?;
+                for &(addr, who) in xtask::elf::KNOWN_LOADADDRS {
+                    let l = xtask::elf::check_octeon(&bytes, addr).map_err(|e| {
+                        Error::new(format!("{}: loadaddr {addr:#x} ({who}): {e}", rel(&image)))
+                    })?;
+                    println!(
+                        "xtask: {}: ELF64 CKSEG0 image at physical [{:#x}, {:#x}), entry {:#x}: \
+                         fits loadaddr {addr:#x} ({who})",
+                        rel(&image),
+                        l.phys_start,
+                        l.phys_end,
+                        l.entry
+                    );
+                }
+            }
+            Ok(())
+        }));
+    }
 
     // The integration tests are named ARCH::CONFIG::SCENARIO (tests/tests/qemu.rs);
     // the filters select the configurations built above.
@@ -529,6 +667,107 @@ fn test(o: &TestOpts) -> Result<()> {
         TESTS_FAILED.load(Ordering::Relaxed)
     );
     Ok(())
+}
+
+/// `flash`: returns the kernel's exit status when it drove the board.
+fn flash(o: &FlashOpts) -> Result<Option<u8>> {
+    use xtask::{elf, flash, serial};
+    if o.board != Board::Octeon {
+        return Err(Error::new(
+            "flash boots real boards: use --board octeon (malta runs in QEMU: cargo xtask run --arch mips64)",
+        ));
+    }
+    let source = match &o.fat {
+        Some(spec) => {
+            let mut words = spec.split_whitespace();
+            match (words.next(), words.next(), words.next()) {
+                (Some(iface), Some(dev), None) => flash::Source::Fat {
+                    iface: iface.to_string(),
+                    dev: dev.to_string(),
+                },
+                _ => {
+                    return Err(Error::new(format!(
+                        "--fat `{spec}`: expected an interface and a device, e.g. \"usb 0:1\""
+                    )))
+                }
+            }
+        }
+        None => flash::Source::Tftp {
+            server: o.server.clone(),
+        },
+    };
+    let plan = flash::Plan {
+        loadaddr: o.loadaddr,
+        coremask: o.coremask,
+        source,
+        kernel_args: o.kernel_args.clone(),
+    };
+    // Validate everything the board will see before spending a build on it.
+    let cmds = flash::commands(&plan)?;
+    let config = KernelConfig {
+        arch: Arch::Mips64,
+        board: Board::Octeon,
+        release: o.release,
+        per_vma_lock: !o.no_per_vma_lock,
+    };
+    println!("xtask: building kernel ({})", config.describe());
+    let image = config.build(false)?;
+    let bytes = std::fs::read(&image)
+        .map_err(|e| Error::new(format!("cannot read {}: {e}", image.display())))?;
+    let layout = elf::check_octeon(&bytes, o.loadaddr)?;
+    println!(
+        "xtask: image checked: entry {:#x}, loads at physical [{:#x}, {:#x}), file at [{:#x}, {:#x}) while U-Boot copies it",
+        layout.entry, layout.phys_start, layout.phys_end, layout.file_at.0, layout.file_at.1
+    );
+    for w in &layout.warnings {
+        println!("xtask: note: {w}");
+    }
+    let dir = match &o.tftp {
+        Some(d) => d.clone(),
+        None => output_dir().join("flash").join(config.slug()),
+    };
+    let out = flash::write_outputs(&dir, &image, &cmds)?;
+    println!("xtask: wrote {}", rel(&out.image));
+    println!("xtask: wrote {}", rel(&out.script_text));
+    match &out.script_image {
+        Some(p) => println!("xtask: wrote {} (mkimage -T script)", rel(p)),
+        None => println!(
+            "xtask: mkimage not found: no script image (Debian: apt-get install u-boot-tools)"
+        ),
+    }
+    if let flash::Source::Fat { iface, dev } = &plan.source {
+        println!(
+            "xtask: copy {} to the FAT partition U-Boot sees as `{iface} {dev}`",
+            rel(&out.image)
+        );
+    } else if o.tftp.is_none() {
+        println!(
+            "xtask: serve {} from your TFTP server's root (or pass --tftp DIR)",
+            rel(&dir)
+        );
+    }
+    let Some(dev) = &o.serial else {
+        print!("xtask: {}", flash::instructions(&plan, &cmds, &out));
+        return Ok(None);
+    };
+    println!(
+        "xtask: driving U-Boot on {} at {} baud: power the board on or reset it (waiting {} s)",
+        dev.display(),
+        o.baud,
+        o.prompt_timeout
+    );
+    let port = serial::Tty::open(dev, o.baud)?;
+    let mut stdout = std::io::stdout();
+    let timeouts = serial::Timeouts {
+        prompt: Duration::from_secs(o.prompt_timeout),
+        echo: Duration::from_secs(2),
+        command: Duration::from_secs(120),
+        kernel: Duration::from_secs(o.timeout),
+    };
+    let code = serial::Driver::new(port, &mut stdout).boot(&cmds, &timeouts)?;
+    println!();
+    println!("xtask: the kernel reported exit status {code}");
+    Ok(Some(code))
 }
 
 fn miri(o: &MiriOpts) -> Result<()> {

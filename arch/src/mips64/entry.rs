@@ -1,14 +1,17 @@
 //! The kernel entry point `_start`, and the parking code for secondary CPUs.
 //!
-//! The Malta boot loader jumps here on every CPU with a0..a3 as described in
-//! `boot::malta`, Status.ERL already cleared, in kernel mode, and with
-//! Status.BEV set (exceptions would go to the boot ROM). `_start`:
+//! The boot loader jumps here on every CPU with a0..a3 as described in
+//! `boot::malta` or `boot::octeon`, in kernel mode. Malta's leaves ERL clear
+//! and BEV set; Octeon secondaries started through an NMI arrive with ERL
+//! (and BEV) set. `_start`:
 //!
 //! 1. masks interrupts and leaves exception/error level, sets KX and UX
 //!    (64-bit kernel and user segments: XKPHYS/XKSEG reachable, TLB misses
 //!    there go to the XTLB refill vector), keeps BEV for now;
-//! 2. reads EBase.CPUNum: any CPU but 0 goes to `samara_mips_park`
-//!    without touching memory other than the `.data` mailboxes;
+//! 2. reads EBase.CPUNum into $t0 and runs the board's boot-CPU test
+//!    (`board::park_unless_boot_cpu!`: CPUNum != 0 on Malta, a2 == 0 on
+//!    Octeon): every other CPU goes to `samara_mips_park` without touching
+//!    memory other than the `.data` mailboxes;
 //! 3. the boot CPU loads sp/gp, clears BSS with 8-byte stores, installs the
 //!    kernel's exception vectors in EBase and clears BEV, then calls
 //!    `samara_mips_boot(a0, a1, a2, a3)` (see `boot.rs`) with the boot
@@ -20,11 +23,13 @@
 
 use core::arch::global_asm;
 
+use super::board::park_unless_boot_cpu;
 use super::cp0::status;
 use super::smp::{MAX_CPUS, PARK_TICK};
 
 global_asm!(
-    r#"
+    concat!(
+        r#"
     .section .text.entry, "ax"
     .globl _start
     .type _start, @function
@@ -42,9 +47,9 @@ _start:
 
     mfc0    $t0, $15, 1                 # EBase
     andi    $t0, $t0, 0x3ff             # CPUNum
-    bnez    $t0, samara_mips_park
-    nop
-
+"#,
+        park_unless_boot_cpu!(),
+        r#"
     dla     $sp, __boot_stack_top
     dla     $gp, _gp
 
@@ -172,7 +177,8 @@ samara_mips_park_dead:
     b       11b
     nop
     .set pop
-"#,
+"#
+    ),
     status_clear = const !(status::IE | status::EXL | status::ERL | status::KSU_MASK | status::IM_MASK),
     status_set = const status::KX | status::UX | status::BEV,
     bev_clear = const !status::BEV,

@@ -1,4 +1,5 @@
-//! Ending a QEMU run: UHI semihosting `exit` (see [`super::uhi`]).
+//! Ending a run: the exit marker, then UHI semihosting `exit` under QEMU
+//! (see [`super::uhi`]) or a halt.
 //!
 //! `qemu-exit` has no MIPS backend, so this is Samara's, with the same
 //! interface. With `-semihosting`, QEMU treats `sdbbp 1` as a UHI call: t9
@@ -7,11 +8,13 @@
 //! isa-debug-exit produces (`(code << 1) | 1`): 33 for success, 35 for
 //! failure, so xtask decodes both architectures alike.
 //!
-//! Without `-semihosting` (the boot loader then passes a0 != -1) there is
-//! no way out: Malta has no exit device (its reset register only reboots)
-//! and `sdbbp` would jump into the boot ROM. The CPU then says so on the
-//! console, with the status, and halts; the harness's time-out ends QEMU.
+//! Without a UHI host (Malta without `-semihosting`, where `sdbbp` would
+//! jump into the boot ROM, and every Octeon board) there is no way out: the
+//! CPU says so after the marker and halts. Whoever watches the console (the
+//! QEMU harness's time-out, `cargo xtask flash`) reads the status from the
+//! `samara: exit N` marker that [`exit_qemu`] prints on every path.
 
+use super::board;
 use super::console::arch_println;
 use super::uhi;
 use crate::ExitStatus;
@@ -24,17 +27,15 @@ pub const fn host_status(status: ExitStatus) -> u64 {
     }
 }
 
-/// Ends the QEMU run with `status`.
+/// Ends the run with `status`.
 pub fn exit_qemu(status: ExitStatus) -> ! {
+    crate::print_exit_marker(status);
     let code = host_status(status);
     if uhi::present() {
         // SAFETY: `exit` takes no pointer, and the host is present, so this
         // terminates QEMU with `code`.
         unsafe { uhi::call(uhi::op::EXIT, code, 0) };
     }
-    arch_println!(
-        "\nmips64: cannot exit QEMU with status {code}: no UHI host (start QEMU with \
-         -semihosting); halting"
-    );
+    arch_println!("mips64: {}", board::NO_EXIT);
     super::cpu::halt_forever()
 }

@@ -1,9 +1,11 @@
 //! Secondary CPUs: parking at boot, and releasing them later.
 //!
 //! With `-smp N`, QEMU's Malta starts every CPU at the kernel entry point at
-//! once (there is no CPS/CM on Octeon68XX and no boot ROM spin table). The
-//! entry code ([`super::entry`]) sends every CPU with EBase.CPUNum != 0
-//! here before it touches the stack or BSS, entirely in assembly:
+//! once (there is no CPS/CM on Octeon68XX and no boot ROM spin table); on
+//! Octeon boards U-Boot starts every core of the core mask there, with
+//! a2 = 0 on all but the boot core. The entry code ([`super::entry`]) sends
+//! every CPU but the boot CPU here before it touches the stack or BSS,
+//! entirely in assembly:
 //!
 //! 1. it sets its bit in [`CPUS_PRESENT`] (an `lld`/`scd` OR);
 //! 2. it points its own EBase at the parking vectors, arms its Count/Compare
@@ -14,7 +16,10 @@
 //!
 //! Malta has no inter-processor interrupts (the i8259 reaches CPU 0 only),
 //! so polling on a timer tick is the only way to wake a parked CPU; `wait`
-//! keeps the idle CPUs from burning host time under TCG meanwhile.
+//! keeps the idle CPUs from burning host time under TCG meanwhile. Octeon
+//! has mailbox IPIs in the CIU, but they need the CIU set up per core; the
+//! Count/Compare timer (IP7, as Linux's Octeon clockevent uses it) works on
+//! every cnMIPS core as it is, so both platforms share this mechanism.
 //!
 //! CPUs numbered `MAX_CPUS` or above never announce themselves and sleep in
 //! `wait` with interrupts off forever.
@@ -98,6 +103,21 @@ pub fn count_cpus(stable: u64, limit: u64) -> u32 {
         let since_start = now.wrapping_sub(start) & 0xffff_ffff;
         if since_change >= stable || since_start >= limit {
             return 1 + last.count_ones();
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// Waits until every CPU of `expected` has parked, but no longer than
+/// `limit` Count ticks, and returns the CPUs that parked. For boot
+/// protocols that say which CPUs they started (Octeon's core mask).
+pub fn wait_for(expected: u64, limit: u64) -> u64 {
+    let start = cp0::count();
+    loop {
+        let mask = present_mask();
+        // Count is 32 bits wide and wraps; differences are taken modulo 2^32.
+        if mask & expected == expected || cp0::count().wrapping_sub(start) & 0xffff_ffff >= limit {
+            return mask;
         }
         core::hint::spin_loop();
     }

@@ -15,8 +15,10 @@ pub const SUCCESS_CODE: u32 = 0x10;
 /// Written for failure: QEMU exits with 0x11 << 1 | 1 = 35.
 pub const FAILURE_CODE: u32 = 0x11;
 
-/// Ends the QEMU run with `status`; halts if no exit device is present.
+/// Ends the QEMU run with `status` (after the exit marker); halts if no
+/// exit device is present.
 pub fn exit_qemu(status: ExitStatus) -> ! {
+    crate::print_exit_marker(status);
     // SAFETY: writing 0xf4 only has an effect when QEMU was started with
     // isa-debug-exit there (xtask always adds it); on other machines the port
     // is unused. `new` asserts the success code's low bit, as QEMU shifts it.

@@ -1,4 +1,4 @@
-//! From `_start` to `samara_main` on the boot CPU: console, TLB, CPU count,
+//! Malta: from `_start` to `samara_main` on the boot CPU: console, TLB, CPU count,
 //! and the Malta boot data parsed by `boot::malta` into a `BootInfo`, then
 //! [`crate::enter_kernel`].
 
@@ -6,9 +6,9 @@ use boot::malta::{self, BootMemory, EntryRegs, LOW_RAM_MAX};
 use boot::BootInfo;
 use spin::Once;
 
-use super::console::{self, arch_println};
-use super::paging::{self, CKSEG0};
-use super::{exit, smp, tlb, uhi};
+use crate::imp::console::{self, arch_println};
+use crate::imp::paging::{self, CKSEG0};
+use crate::imp::{exit, smp, tlb, uhi};
 use crate::ExitStatus;
 
 /// Physical memory below `limit`, read through CKSEG0 (unmapped, so a read
