@@ -12,3 +12,4 @@ pub mod phys;
 pub mod rcu;
 pub mod slab;
 pub mod sync;
+pub mod vma;
