@@ -6,7 +6,7 @@
 //! without building mappings. [`DirectMap`] is that translation and nothing
 //! more: it knows the physical range it covers and refuses anything outside.
 //!
-//! On the host, [`HostMemory`] stands in for RAM: one zeroed, 4 MiB-aligned
+//! On the host, `HostMemory` (feature `std`) stands in for RAM: one zeroed, 4 MiB-aligned
 //! allocation given a fake physical base that is neither zero nor the host
 //! address, so a test that mixes up physical and virtual addresses reads or
 //! writes the wrong place (or faults) instead of passing by accident.

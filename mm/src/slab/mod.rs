@@ -5,6 +5,29 @@
 //! slot when a page is created, and serves allocations from per-CPU object
 //! caches so that a hot alloc/free pair on one CPU takes no shared lock.
 //!
+//! # Structure
+//!
+//! * A slab page starts with a header (the page's free list, in-use count,
+//!   list links, and the [`RcuHead`] used when the page is released),
+//!   followed by `objects_per_page` slots. Every frame of the page has
+//!   `PageFlags::SLAB` and points at the header in its metadata, so any
+//!   object address leads to its page in O(1).
+//! * The cache descriptor (`node`: the partial and empty page lists under one
+//!   lock; geometry; counters) and the per-CPU caches live in frames of
+//!   their own, so page headers and RCU callbacks can point at them however
+//!   the [`Slab`] handle moves.
+//! * Each CPU has a LIFO stack of up to [`CPU_CACHE_CAPACITY`] free slots
+//!   behind its own lock. The API names CPUs by number rather than by a
+//!   proof of running on them, so the lock is what makes a mistaken CPU
+//!   number harmless; uncontended, it is one atomic on a line only this CPU
+//!   writes. An empty cache takes [`CPU_CACHE_BATCH`] slots from the pages
+//!   under `node` (creating a page if none is free); a full one returns a
+//!   batch. Full pages are on no list.
+//! * A CPU-cache hit (alloc or free) writes this CPU's cache (two 128-byte
+//!   lines: lock word and stack, and the stack's tail and counters) and the
+//!   object's slot (the payload; on free, nothing but the drop of the
+//!   payload): no line another CPU writes.
+//!
 //! # The Octeon bug, and why it cannot happen here
 //!
 //! Linux made its VMA cache `SLAB_TYPESAFE_BY_RCU`: a freed VMA may be
@@ -95,7 +118,7 @@
 //!   makes the grace period cover every reader that could have found any
 //!   object of the page, and pair (C) (the readers' Release reports vs. the
 //!   GP end vs. the Acquire before callbacks run) orders all their
-//!   accesses to the page before [`rcu_free_page`] drops the stable parts
+//!   accesses to the page before `rcu_free_page` drops the stable parts
 //!   and frees the frames. A page leaves all lists before the call, so no
 //!   object on it is allocated (and republished) after the call.
 //! * *Page free vs. the frame's next user*: ordered by the frame
@@ -477,7 +500,8 @@ impl<'a, T: SlabObject> Slab<'a, T> {
     /// stable part is whatever the slot's constructor (and the object's
     /// previous lives, through the stable part's own API) left there.
     ///
-    /// A CPU-cache hit writes only this CPU's cache line(s) and the slot.
+    /// A CPU-cache hit writes only this CPU's cache lines and the slot's
+    /// payload (see the module documentation).
     #[inline]
     pub fn alloc(&self, cpu: CpuId, payload: T::Payload) -> Result<Owned<'_, T>, SlabError> {
         if cpu >= self.inner().nr_cpus {
