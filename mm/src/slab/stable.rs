@@ -20,7 +20,11 @@ type Ptr<A> = <<A as Adapter>::PointerOps as PointerOps>::Pointer;
 /// out through cursors and push/pop; the head itself stays put.
 ///
 /// Which lock protects the list is the owner's business; every accessor is
-/// `unsafe` and requires the caller to hold it.
+/// `unsafe` and requires the caller to hold it. Keep the `StableList`
+/// itself directly in the stable part, next to its lock — never inside a
+/// lock or cell that hands out `&mut StableList`: with two such `&mut`s,
+/// `mem::swap` would exchange two live objects' heads, which no type can
+/// forbid once the `&mut` exists.
 pub struct StableList<A: Adapter>
 where
     A::LinkOps: LinkedListOps,
