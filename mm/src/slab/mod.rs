@@ -58,7 +58,9 @@
 //! * Stable-part building blocks that hold list heads ([`StableList`]) have
 //!   no `Default`, no `Clone`, no whole-value replacement and no `&mut` to
 //!   the raw list, and can only be made with the [`Ctor`] token that only
-//!   the constructor receives.
+//!   the constructor receives. (The one rule left to the owner: keep such a
+//!   building block directly in the stable part, not behind a lock or cell
+//!   that hands out `&mut` to it — two `&mut`s could be swapped.)
 //!
 //! `mm/tests/compile_fail/` holds the attempts (assignment, `mem::swap`,
 //! `mem::replace`, fresh stable parts outside the constructor, whole-object
