@@ -11,3 +11,4 @@ pub mod frame;
 pub mod phys;
 pub mod rcu;
 pub mod sync;
+pub mod vma;

@@ -181,6 +181,16 @@ pub enum Fault {
     /// RCU: the grace-period engine samples an idle CPU's counter with a
     /// plain load instead of a read-modify-write.
     RcuIdleSampleLoad = 1 << 2,
+    /// VMA: attaching stops being a Release store, so a reader that locks
+    /// a freshly (re)initialised VMA may see its old fields.
+    VmaAttachRelaxed = 1 << 3,
+    /// VMA: a reader takes a reference even on a detached VMA.
+    VmaSkipDetachedCheck = 1 << 4,
+    /// VMA: `lock_vma_under_rcu` no longer checks the VMA's owner.
+    VmaSkipMmCheck = 1 << 5,
+    /// VMA: `lock_vma_under_rcu` no longer checks the VMA still covers the
+    /// faulting address.
+    VmaSkipRangeCheck = 1 << 6,
 }
 
 #[cfg(loom)]
