@@ -10,5 +10,6 @@ pub mod cpu;
 pub mod frame;
 pub mod phys;
 pub mod rcu;
+pub mod slab;
 pub mod sync;
 pub mod vma;

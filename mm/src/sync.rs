@@ -191,6 +191,9 @@ pub enum Fault {
     /// VMA: `lock_vma_under_rcu` no longer checks the VMA still covers the
     /// faulting address.
     VmaSkipRangeCheck = 1 << 6,
+    /// Slab: a type-safe-by-RCU cache frees an empty slab page at once
+    /// instead of after a grace period.
+    SlabFreeWithoutGracePeriod = 1 << 8,
 }
 
 #[cfg(loom)]
