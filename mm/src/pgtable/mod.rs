@@ -667,8 +667,10 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
         #[cfg(loom)]
         {
             let p = self.frames.direct_map().to_virt_unchecked(frame.start());
+            // A leaf in every format, so never followed as a table.
+            let stale_pte = F::encode_leaf(Frame::from_pfn(0xdead), Prot::USER);
             let stale = Table {
-                e: core::array::from_fn(|i| AtomicU64::new(0xdead_0000 + i as u64)),
+                e: core::array::from_fn(|_| AtomicU64::new(stale_pte)),
             };
             // SAFETY: the frame was just allocated to us and nobody else
             // can reach it; it is 4 KiB, page-aligned, in the direct map.
@@ -709,6 +711,17 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
         slot.load(order)
     }
 
+    /// The table the non-empty level-`level` entry `e` (on the way to `va`)
+    /// points at. Anything but a table entry there is a corrupted tree: stop
+    /// before following it (one compare per level).
+    #[inline(always)]
+    fn next_table(&self, e: u64, level: u32, va: u64) -> &Table {
+        if !F::is_table(e) {
+            corrupt_entry(level, va, e);
+        }
+        self.table(F::table_addr(e))
+    }
+
     /// The leaf slot for `va`, or `None` if a table on the way is missing.
     #[inline]
     fn walk(&self, va: u64) -> Option<&AtomicU64> {
@@ -718,8 +731,7 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
             if e == 0 {
                 return None;
             }
-            debug_assert!(F::is_table(e), "level {level} entry {e:#x} is not a table");
-            table = self.table(F::table_addr(e));
+            table = self.next_table(e, level, va);
         }
         Some(&table.e[index(va, 1)])
     }
@@ -734,8 +746,7 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
             if e == 0 {
                 e = self.link_new_table(slot, cpu)?;
             }
-            debug_assert!(F::is_table(e), "level {level} entry {e:#x} is not a table");
-            table = self.table(F::table_addr(e));
+            table = self.next_table(e, level, va);
         }
         Ok(&table.e[index(va, 1)])
     }
@@ -763,10 +774,13 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
         // zeroing must be visible (pairs with the winner's Release).
         match slot.compare_exchange(0, entry, publish, Ordering::Acquire) {
             Ok(_) => {
+                self.nr_tables.fetch_add(1, Ordering::Relaxed);
+                // (Mutation only.) After the counter update, so that loom,
+                // whose clocks advance at atomic operations, sees the
+                // zeroing as a step after the publication.
                 if zero_late {
                     self.zero_table(frame);
                 }
-                self.nr_tables.fetch_add(1, Ordering::Relaxed);
                 Ok(entry)
             }
             Err(winner) => {
@@ -812,8 +826,7 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
             } else {
                 let e = Self::load_entry(slot);
                 if e != 0 {
-                    debug_assert!(F::is_table(e), "level {level} entry {e:#x} is not a table");
-                    let child = self.table(F::table_addr(e));
+                    let child = self.next_table(e, level, va);
                     self.leaf_slots_in(child, level - 1, va, end.min(next), f)?;
                 }
             }
@@ -843,7 +856,9 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
             let slot = &table.e[index(va, level)];
             let e = Self::load_entry(slot);
             if e != 0 {
-                debug_assert!(F::is_table(e), "level {level} entry {e:#x} is not a table");
+                if !F::is_table(e) {
+                    corrupt_entry(level, va, e);
+                }
                 let child = Frame::containing(F::table_addr(e));
                 if floor <= base && next <= ceiling {
                     // Only addresses in [floor, ceiling) reach this subtree:
@@ -876,6 +891,9 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
             for (i, slot) in t.e.iter().enumerate() {
                 let e = slot.load(Ordering::Relaxed);
                 if e != 0 {
+                    if !F::is_table(e) {
+                        corrupt_entry(level, base + i as u64 * entry_span(level), e);
+                    }
                     let child = Frame::containing(F::table_addr(e));
                     n += self.gather_subtree(
                         child,
@@ -918,6 +936,9 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
                     gather.add_page(f);
                 }
             } else {
+                if !F::is_table(e) {
+                    corrupt_entry(level, va, e);
+                }
                 self.teardown(Frame::containing(F::table_addr(e)), level - 1, va, gather);
             }
         }
@@ -934,10 +955,19 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
             if e != 0 {
                 let b = base + i as u64 * entry_span(level);
                 f(level - 1, b);
-                self.visit_tables(self.table(F::table_addr(e)), level - 1, b, f);
+                self.visit_tables(self.next_table(e, level, b), level - 1, b, f);
             }
         }
     }
+}
+
+/// A table entry above the leaves is neither empty nor a table: memory
+/// corruption or a bug in this module. Following it could map arbitrary
+/// memory into user space.
+#[cold]
+#[inline(never)]
+fn corrupt_entry(level: u32, va: u64, e: u64) -> ! {
+    panic!("corrupt page table: level {level} entry {e:#x} on the walk to {va:#x} is not a table")
 }
 
 impl<F: PteFormat> Drop for PageTable<'_, F> {

@@ -13,7 +13,7 @@ const GIB: u64 = 1 << 30;
 const MIB2: u64 = 1 << 21;
 
 fn host_frames() -> HostFrames {
-    let bytes = if cfg!(miri) { 128 << 10 } else { 1 << 20 };
+    let bytes = if cfg!(miri) { 512 << 10 } else { 1 << 20 };
     HostFrames::with_config(bytes, &[], FrameConfig::new(2))
 }
 
