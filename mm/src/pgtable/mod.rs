@@ -26,7 +26,7 @@
 //!   on any number of CPUs at once, and alongside the writer-side operations
 //!   on other ranges, with no lock: a fault takes no lock shared by the
 //!   address space and writes no shared line but the leaf entry itself
-//!   (and, once per new table, the parent entry and [`Self::nr_tables`]'s
+//!   (and, once per new table, the parent entry and the table counters'
 //!   own line). Missing tables are allocated, zeroed and published with a
 //!   compare-and-swap; the loser of a race frees its (never published)
 //!   table and continues through the winner's. Leaves are installed only
@@ -242,16 +242,22 @@ impl<F: PteFormat> PartialEq for CmpxchgError<F> {
 
 impl<F: PteFormat> Eq for CmpxchgError<F> {}
 
+struct TableCounts {
+    /// Tables in the tree, the root included.
+    tables: AtomicUsize,
+    /// Tables allocated by a fault that then lost the race to link them.
+    races_lost: AtomicUsize,
+}
+
 /// A 4-level page table of format `F` over frames of one allocator. See the
 /// module documentation.
 pub struct PageTable<'a, F: PteFormat> {
     frames: &'a FrameAllocator,
     root: Frame,
     va_end: u64,
-    /// Tables in the tree, the root included. On its own line: it is
-    /// written once per new table, and the fields above are read by every
-    /// fault.
-    nr_tables: CachePadded<AtomicUsize>,
+    /// Counters written only when a table is added or removed, on their
+    /// own line: the fields above are read by every fault.
+    counts: CachePadded<TableCounts>,
     destroyed: bool,
     _f: PhantomData<fn() -> F>,
 }
@@ -286,7 +292,10 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
             frames,
             root: frames.alloc(cpu, 0)?,
             va_end,
-            nr_tables: CachePadded(AtomicUsize::new(1)),
+            counts: CachePadded(TableCounts {
+                tables: AtomicUsize::new(1),
+                races_lost: AtomicUsize::new(0),
+            }),
             destroyed: false,
             _f: PhantomData,
         };
@@ -313,7 +322,13 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
 
     /// Tables in the tree, the root included (a snapshot).
     pub fn nr_tables(&self) -> usize {
-        self.nr_tables.load(Ordering::Relaxed)
+        self.counts.tables.load(Ordering::Relaxed)
+    }
+
+    /// How often a fault allocated a table and then found that another had
+    /// linked one first (a snapshot; for tests and statistics).
+    pub fn table_races_lost(&self) -> usize {
+        self.counts.races_lost.load(Ordering::Relaxed)
     }
 
     /// The frame allocator tables come from.
@@ -598,7 +613,7 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
         let root = self.table(self.root.start());
         let mut n = 0;
         self.free_level(root, LEVELS, start, end, floor, ceiling, gather, &mut n);
-        self.nr_tables.fetch_sub(n as usize, Ordering::Relaxed);
+        self.counts.tables.fetch_sub(n as usize, Ordering::Relaxed);
         Ok(n)
     }
 
@@ -612,7 +627,7 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
         );
         gather.flush_all_on_finish();
         self.teardown(self.root, LEVELS, 0, gather);
-        self.nr_tables.store(0, Ordering::Relaxed);
+        self.counts.tables.store(0, Ordering::Relaxed);
         self.destroyed = true;
     }
 
@@ -774,7 +789,7 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
         // zeroing must be visible (pairs with the winner's Release).
         match slot.compare_exchange(0, entry, publish, Ordering::Acquire) {
             Ok(_) => {
-                self.nr_tables.fetch_add(1, Ordering::Relaxed);
+                self.counts.tables.fetch_add(1, Ordering::Relaxed);
                 // (Mutation only.) After the counter update, so that loom,
                 // whose clocks advance at atomic operations, sees the
                 // zeroing as a step after the publication.
@@ -788,6 +803,7 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
                 // published: nobody else can have seen it, so it needs no
                 // TLB flush either.
                 unsafe { self.frames.free(cpu, frame, 0) };
+                self.counts.races_lost.fetch_add(1, Ordering::Relaxed);
                 Ok(winner)
             }
         }
