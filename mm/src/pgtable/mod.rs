@@ -55,12 +55,58 @@
 //! * (P2) *Leaf publication.* The fault path fills a frame (zeroes it, or
 //!   copies the old page on COW) and then installs the leaf with a Release
 //!   CAS; `lookup` and the losers' failure loads are Acquire, so whoever
-//!   finds the PTE finds the frame's contents. Unmapping swaps the leaf out
-//!   with Acquire, so the frame's last writes through the page table happen
-//!   before the frame is released.
+//!   finds the PTE finds the frame's contents. Unmapping and replacing read
+//!   the old leaf with Acquire, so the installer's writes to the frame are
+//!   ordered before the frame goes back to its owner (user writes through
+//!   the TLB are ordered by the flush, P3).
 //! * (P3) *Unlink before free.* Entries are cleared before what they pointed
 //!   to is gathered, and the gather frees only after the TLB flush, whose
 //!   cross-CPU handshake orders every other CPU's last use before the free.
+//!
+//! # Use
+//!
+//! ```
+//! use mm::addr::Frame;
+//! use mm::frame::HostFrames;
+//! use mm::pgtable::{InstallError, PageTable, Prot, Pte, RecordingFlush, SoftPte, TlbGather};
+//! use mm::vma::lock::MmId;
+//!
+//! let frames = HostFrames::new(1 << 20, 1);
+//! let pt = PageTable::<SoftPte>::new(&frames, 0).unwrap();
+//!
+//! // A fault (under the VMA read lock): fill a frame, then install it.
+//! let page = frames.alloc_zeroed(0, 0).unwrap();
+//! let pte = Pte::leaf(page, Prot::READ | Prot::WRITE | Prot::USER);
+//! match pt.install_leaf(0x40_0000, pte, 0) {
+//!     Ok(()) => {}
+//!     // Another CPU faulted the page in first: use its page, drop ours.
+//!     // SAFETY: `page` was never mapped.
+//!     Err(InstallError::AlreadyPresent(_)) => unsafe { frames.free(0, page, 0) },
+//!     Err(e) => panic!("{e:?}"),
+//! }
+//! assert_eq!(pt.lookup(0x40_0123), pte);
+//!
+//! // munmap of the VMA [0x40_0000, 0x40_1000), alone in the address space
+//! // (mmap write lock held, VMA write-locked and detached).
+//! let flush = RecordingFlush::new(); // the arch layer's TLB shootdown
+//! let mut release = |f: Frame| {
+//!     // SAFETY: the mapping's reference; the gather calls this only after
+//!     // the flush.
+//!     unsafe { frames.put(0, f, 0) };
+//! };
+//! let mut tlb = TlbGather::new(MmId::from_raw(1), 0, &flush, &frames, &mut release);
+//! pt.unmap_range(0x40_0000, 0x40_1000, &mut tlb).unwrap();
+//! // SAFETY: no VMA is left in [0, 2^47), so nothing walks the tables there.
+//! unsafe { pt.free_tables(0x40_0000, 0x40_1000, 0, 1 << 47, &mut tlb) }.unwrap();
+//! tlb.finish(); // flush, then free the page and the three tables
+//! assert_eq!(pt.nr_tables(), 1);
+//!
+//! // exit
+//! let mut tlb = TlbGather::new(MmId::from_raw(1), 0, &flush, &frames, &mut release);
+//! pt.destroy(&mut tlb);
+//! tlb.finish();
+//! assert_eq!(frames.stats().allocated_pages, 0);
+//! ```
 
 mod gather;
 pub mod mips64;
