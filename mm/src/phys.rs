@@ -98,7 +98,7 @@ impl DirectMap {
     /// Translation without the range check, for callers that validated the
     /// frame already (it belongs to an allocator built over this map).
     #[inline(always)]
-    pub(crate) fn to_virt_unchecked(&self, pa: PhysAddr) -> NonNull<u8> {
+    pub(crate) fn to_virt_unchecked(self, pa: PhysAddr) -> NonNull<u8> {
         debug_assert!(self.covers(pa, 1), "{pa:?} is outside the direct map");
         let off = (pa.as_u64() - self.phys_base) as usize;
         // `wrapping_add` keeps `virt_base`'s provenance; the result is
@@ -112,7 +112,7 @@ impl DirectMap {
 
     /// Inverse of [`Self::to_virt_unchecked`].
     #[inline(always)]
-    pub(crate) fn to_phys_unchecked(&self, va: *const u8) -> PhysAddr {
+    pub(crate) fn to_phys_unchecked(self, va: *const u8) -> PhysAddr {
         debug_assert!(
             self.to_phys(va).is_some(),
             "{va:p} is outside the direct map"
@@ -175,7 +175,7 @@ mod host {
         /// are nonsense: this is a test fixture, not kernel input.
         pub fn with_phys_base(bytes: usize, phys_base: u64) -> Self {
             assert!(
-                phys_base != 0 && phys_base % PAGE_SIZE as u64 == 0,
+                phys_base != 0 && phys_base.is_multiple_of(PAGE_SIZE as u64),
                 "bad fake phys base"
             );
             let size = bytes.div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE;

@@ -21,7 +21,9 @@
 //! the refcount to 1 on allocation and checks both on free. `SLAB` and
 //! `private` are owned by the slab that holds the frame.
 
-use crate::sync::{fence, AtomicU32, AtomicUsize, Ordering};
+use core::ptr;
+
+use crate::sync::{fence, AtomicPtr, AtomicU32, Ordering};
 
 /// "No frame" in the index-linked free lists.
 pub(crate) const NIL: u32 = u32::MAX;
@@ -59,8 +61,8 @@ pub struct PageMeta {
     /// Free-list links (indices into the metadata array, [`NIL`] ends).
     pub(crate) next: AtomicU32,
     pub(crate) prev: AtomicU32,
-    /// Owner-defined word; the slab stores its page header address here.
-    pub(crate) private: AtomicUsize,
+    /// Owner-defined pointer; the slab stores its page header here.
+    pub(crate) private: AtomicPtr<u8>,
 }
 
 impl PageMeta {
@@ -71,7 +73,7 @@ impl PageMeta {
             mapcount: AtomicU32::new(0),
             next: AtomicU32::new(NIL),
             prev: AtomicU32::new(NIL),
-            private: AtomicUsize::new(0),
+            private: AtomicPtr::new(ptr::null_mut()),
         }
     }
 

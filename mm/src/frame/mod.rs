@@ -275,7 +275,7 @@ impl FrameAllocator {
             .map(|&r| frames_of(r))
             .filter(|&(s, e)| s < e);
         let (base_pfn, first_end) = usable.next().ok_or(InitError::NoUsableMemory)?;
-        let end_pfn = usable.last().map_or(first_end, |(_, e)| e);
+        let end_pfn = usable.next_back().map_or(first_end, |(_, e)| e);
         let span = end_pfn - base_pfn;
         if span >= u64::from(NIL) {
             return Err(InitError::TooManyFrames { frames: span });

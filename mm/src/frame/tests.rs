@@ -261,9 +261,11 @@ fn init_rejects_bad_maps() {
     let dm = mem.direct_map();
     let (b, e) = mem.phys_range();
     let cfg = FrameConfig::new(1);
-    // SAFETY (all calls): the regions are inside `mem`, which nothing else
-    // uses; failed constructions touch nothing.
-    let new = |r: &[(u64, u64)], c: FrameConfig| unsafe { FrameAllocator::new(dm, r, c) }.err();
+    let new = |r: &[(u64, u64)], c: FrameConfig| {
+        // SAFETY: the regions are inside `mem` (or rejected), which nothing
+        // else uses; failed constructions touch nothing.
+        unsafe { FrameAllocator::new(dm, r, c) }.err()
+    };
     assert_eq!(
         new(&[(b, e)], FrameConfig::new(0)),
         Some(InitError::BadCpuCount(0))
@@ -350,11 +352,8 @@ fn frames_never_alias_and_zeroed_alloc_zeroes() {
     for &f in &got {
         let p = hf.frame_ptr(f).unwrap();
         // SAFETY: as above.
-        assert_eq!(
-            unsafe { p.as_ptr().cast::<u64>().read() },
-            f.pfn(),
-            "{f:?} aliased"
-        );
+        let stamp = unsafe { p.as_ptr().cast::<u64>().read() };
+        assert_eq!(stamp, f.pfn(), "{f:?} aliased");
     }
     let last = got.pop().unwrap();
     // SAFETY: allocated above, freed once.

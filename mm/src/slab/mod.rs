@@ -613,6 +613,14 @@ impl<'a, T: SlabObject> Slab<'a, T> {
         drop(self);
     }
 
+    /// Slab pages queued with [`Rcu::call`] whose callback has not run
+    /// yet (one atomic load; [`Self::stats`] takes every lock).
+    pub fn pages_pending_rcu(&self) -> u64 {
+        // Acquire: pairs with the Release decrement in `rcu_free_page`, so
+        // a caller that sees the page gone also sees it freed.
+        self.inner().pages_pending_rcu.load(Ordering::Acquire)
+    }
+
     /// Accounting snapshot.
     pub fn stats(&self) -> SlabStats {
         let inner = self.inner();
@@ -700,9 +708,9 @@ impl<'a, T: SlabObject> Slab<'a, T> {
                 .to_phys(slot.as_ptr().cast())
                 .and_then(|pa| self.frames.meta(Frame::containing(pa)))
                 .filter(|m| m.flags().contains(PageFlags::SLAB))
-                .map(|m| m.private.load(Ordering::Relaxed) as *const PageHeader)
+                .map(|m| m.private.load(Ordering::Relaxed).cast::<PageHeader>())
                 // SAFETY: SLAB frames' `private` points at a live header.
-                .is_some_and(|h| unsafe { (*h).cache } == self.inner.as_ptr() as *const _);
+                .is_some_and(|h| ptr::eq(unsafe { (*h).cache }, self.inner.as_ptr()));
             assert!(
                 ok,
                 "slab '{}': {:p} is not an object of this cache",
@@ -919,7 +927,7 @@ impl<'a, T: SlabObject> Slab<'a, T> {
                 .frames
                 .meta(frame.add(i))
                 .expect("slab frame has metadata");
-            m.private.store(header as usize, Ordering::Relaxed);
+            m.private.store(header.cast(), Ordering::Relaxed);
             m.set_flag(PageFlags::SLAB);
         }
         inner.pages_created.fetch_add(1, Ordering::Relaxed);
@@ -988,7 +996,7 @@ unsafe fn free_page<T: SlabObject>(page: *mut PageHeader, cpu: CpuId) {
     for i in 0..1u64 << inner.page_order {
         let m = frames.meta(frame.add(i)).expect("slab frame has metadata");
         m.clear_flag(PageFlags::SLAB);
-        m.private.store(0, Ordering::Relaxed);
+        m.private.store(ptr::null_mut(), Ordering::Relaxed);
     }
     // SAFETY: the frames were allocated by `new_page` with this order and
     // nothing references them any more.

@@ -58,6 +58,9 @@ where
     /// # Safety
     /// The caller holds the lock protecting this list, for as long as it
     /// uses the returned borrow.
+    // `&mut` from `&self` is the point of the wrapper: exclusivity comes
+    // from the caller's lock, which is this function's contract.
+    #[allow(clippy::mut_from_ref)]
     #[inline]
     unsafe fn list(&self) -> &mut LinkedList<A> {
         // SAFETY: the caller's lock makes this the only access.
