@@ -31,9 +31,30 @@ const PAGE: u64 = 4096;
 /// In the second 512 GiB, so every level below the root must be built.
 const VA: u64 = (1 << 39) + (5 << 30) + (7 << 21);
 
+/// Executions explored by the last model run (for the test output).
+static EXECUTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count_execution() {
+    EXECUTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Runs `model`, printing how many executions loom explored.
+fn explore(name: &str, model: fn()) {
+    EXECUTIONS.store(0, std::sync::atomic::Ordering::Relaxed);
+    model();
+    eprintln!(
+        "{name}: {} executions",
+        EXECUTIONS.load(std::sync::atomic::Ordering::Relaxed)
+    );
+}
+
 fn builder() -> loom::model::Builder {
     let mut b = loom::model::Builder::new();
-    b.preemption_bound = Some(2);
+    // Two preemptions: ~1.5k executions per race model, a few seconds.
+    // LOOM_MAX_PREEMPTIONS=3 explores ~13k each (about 25 s), also clean.
+    if b.preemption_bound.is_none() {
+        b.preemption_bound = Some(2);
+    }
     // Building the frame allocator and tearing the tables down take a few
     // thousand (single-threaded) atomic operations per execution.
     b.max_branches = 50_000;
@@ -95,6 +116,7 @@ impl Setup {
 /// build the level-3, level-2 and leaf tables, one copy of each survives.
 fn race_neighbours() {
     builder().check(|| {
+        count_execution();
         let s = setup();
         let (a, b) = (s.leaf(), s.leaf());
         let t = {
@@ -123,6 +145,7 @@ fn race_neighbours() {
 /// the winner's entry.
 fn race_same_page() {
     builder().check(|| {
+        count_execution();
         let s = setup();
         let (a, b) = (s.leaf(), s.leaf());
         let t = {
@@ -155,6 +178,7 @@ fn race_same_page() {
 /// or the new entry, and never reads a table before its zeroing.
 fn race_lookup() {
     builder().check(|| {
+        count_execution();
         let s = setup();
         let a = s.leaf();
         let t = {
@@ -170,17 +194,17 @@ fn race_lookup() {
 
 #[test]
 fn concurrent_faults_build_each_table_once() {
-    race_neighbours();
+    explore("race_neighbours", race_neighbours);
 }
 
 #[test]
 fn concurrent_faults_on_one_page_have_one_winner() {
-    race_same_page();
+    explore("race_same_page", race_same_page);
 }
 
 #[test]
 fn lookup_never_sees_an_unzeroed_table() {
-    race_lookup();
+    explore("race_lookup", race_lookup);
 }
 
 /// Runs `model` with `f` injected; loom must fail it for one of the
