@@ -399,9 +399,11 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
         let slot = self
             .walk_alloc(va, cpu)
             .map_err(|_| InstallError::OutOfMemory)?;
-        // Release: publishes the frame's contents with the entry (P2).
-        // Acquire on failure: the caller may use the winner's page, whose
-        // contents its Release install published.
+        // Release: publishes the frame's contents with the entry (P2); pairs
+        // with the Acquire loads of `lookup`, of the failure path here, and
+        // of the writer side (`unmap_range`'s swap, `protect_range`,
+        // `copy_range_for_fork`). Acquire on failure: the caller may use the
+        // winner's page, whose contents the winner's Release published.
         match slot.compare_exchange(0, pte.raw(), Ordering::Release, Ordering::Acquire) {
             Ok(_) => Ok(()),
             Err(cur) => Err(InstallError::AlreadyPresent(Pte::from_raw(cur))),
@@ -416,6 +418,8 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
             return Pte::NONE;
         }
         match self.walk(va) {
+            // Acquire: pairs with the Release install in `install_leaf` /
+            // `compare_exchange_leaf` (P2).
             Some(slot) => Pte::from_raw(slot.load(Ordering::Acquire)),
             None => Pte::NONE,
         }
@@ -477,13 +481,15 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
         self.check_range(start, end)?;
         let mut n = 0;
         self.for_each_leaf_slot(start, end, &mut |va, slot| {
-            // A plain load first: most slots of a sparse range are empty and
-            // should not be written.
+            // A Relaxed load first: most slots of a sparse range are empty
+            // and should not be written. (No fault fills the range meanwhile:
+            // its VMAs are write-locked.)
             if slot.load(Ordering::Relaxed) == 0 {
                 return Ok(());
             }
-            // Acquire: pairs with the Release install (P2), so the frame's
-            // contents are ordered before its release.
+            // Acquire: pairs with the Release install in `install_leaf` /
+            // `compare_exchange_leaf` (P2), so the installer's writes to the
+            // frame are ordered before its release.
             let old = Pte::<F>::from_raw(slot.swap(0, Ordering::Acquire));
             if let Some(frame) = old.frame() {
                 if old.is_accessible() {
@@ -761,7 +767,10 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
         }
     }
 
-    /// Reads a table entry on a walk: Acquire (P1).
+    /// Reads a table entry on a walk. Acquire: pairs with the Release
+    /// compare-and-swap in `link_new_table` that published the table the
+    /// entry points to, so the walk never sees that table's old contents
+    /// (P1).
     #[inline(always)]
     fn load_entry(slot: &AtomicU64) -> u64 {
         let order = if injected(Fault::PgtableWalkRelaxed) {
@@ -825,7 +834,7 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
         }
         // (P1) Release: the zeroing above happens before any walker that
         // reads this entry with Acquire (`load_entry`, or the failure load
-        // below on another CPU) looks inside the table.
+        // below on another CPU) looks inside the table. Pairs with both.
         let publish = if injected(Fault::PgtablePublishRelaxed) {
             Ordering::Relaxed
         } else {
