@@ -194,6 +194,15 @@ pub enum Fault {
     /// Slab: a type-safe-by-RCU cache frees an empty slab page at once
     /// instead of after a grace period.
     SlabFreeWithoutGracePeriod = 1 << 8,
+    /// Page table: a new table is linked into its parent before it is
+    /// zeroed, so a walker may find the frame's old contents.
+    PgtablePublishBeforeZero = 1 << 12,
+    /// Page table: a new table is linked with a Relaxed compare-and-swap,
+    /// so its zeroing is not ordered before walkers that find it.
+    PgtablePublishRelaxed = 1 << 13,
+    /// Page table: walkers read table entries with Relaxed loads, so they
+    /// are not ordered after the zeroing of the table they enter.
+    PgtableWalkRelaxed = 1 << 14,
 }
 
 #[cfg(loom)]
