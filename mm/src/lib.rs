@@ -6,5 +6,6 @@
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
 pub mod cpu;
+pub mod maple;
 pub mod rcu;
 pub mod sync;
