@@ -228,7 +228,7 @@ fn fill(t: &Tree, m: &mut Model, n: u64, holes: bool) {
         };
         w.store_range(f, l, nz(i + 1)).unwrap();
         m.store(f, l, Some(i + 1));
-        if i % 97 == 0 {
+        if i.is_multiple_of(97) {
             check_equal(&w, m);
         }
     }
@@ -256,7 +256,7 @@ fn grow_then_erase_everything_in_random_order() {
             m.store(r.first, r.last, None);
             w.validate()
                 .unwrap_or_else(|e| panic!("after {k} erases: {e:?}"));
-            if k % 251 == 0 {
+            if k.is_multiple_of(251) {
                 check_equal(&w, &m);
             }
         }
@@ -276,7 +276,7 @@ fn spanning_stores_replace_many_nodes() {
     for k in 0..300u64 {
         let f = rng.range(0, 200_000);
         let l = f + rng.range(0, 30_000);
-        if k % 3 == 0 {
+        if k.is_multiple_of(3) {
             w.erase_range(f, l).unwrap();
             m.store(f, l, None);
         } else {
@@ -368,7 +368,7 @@ fn out_of_memory_changes_nothing() {
     let mut failures = 0;
     for k in 0..4000u64 {
         let f = rng.range(0, 50_000);
-        let l = f + rng.range(0, if k % 10 == 0 { 5000 } else { 20 });
+        let l = f + rng.range(0, if k.is_multiple_of(10) { 5000 } else { 20 });
         let erase = rng.chance(30);
         // Sometimes leave no spare nodes and refuse every allocation.
         let starve = rng.chance(20);

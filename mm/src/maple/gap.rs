@@ -154,7 +154,7 @@ unsafe fn highest_in(q: &Query, e: Enode, nmin: u64, nmax: u64) -> Option<u64> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

@@ -414,5 +414,5 @@ impl<E: MapleEntry, A: NodeAlloc> MapleWriter<'_, E, A> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests;

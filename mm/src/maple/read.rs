@@ -193,47 +193,44 @@ pub(crate) unsafe fn find_rev<E: MapleEntry>(
     }
 }
 
+/// The first entry starting after `index`.
+///
 /// # Safety
 /// See the module documentation.
 pub(crate) unsafe fn next<E: MapleEntry>(
     root: &AtomicPtr<u8>,
     index: u64,
 ) -> Option<MapleRange<E>> {
-    if index == u64::MAX {
-        return None;
+    let mut from = index.checked_add(1)?;
+    loop {
+        // SAFETY: forwarded contract.
+        let r = unsafe { find::<E>(root, from, u64::MAX) }?;
+        if r.first > index {
+            return Some(r);
+        }
+        // `r` also holds `index` (now, or after a racing store): look past
+        // it. `from` only grows, so this ends.
+        from = r.last.checked_add(1)?;
     }
-    // SAFETY: forwarded contract.
-    let r = unsafe { find::<E>(root, index + 1, u64::MAX) }?;
-    if r.first > index {
-        return Some(r);
-    }
-    // `r` contains `index` too: the answer is the entry after it.
-    if r.last == u64::MAX {
-        return None;
-    }
-    // SAFETY: forwarded contract.
-    unsafe { find(root, r.last + 1, u64::MAX) }
 }
 
+/// The last entry ending before `index`.
+///
 /// # Safety
 /// See the module documentation.
 pub(crate) unsafe fn prev<E: MapleEntry>(
     root: &AtomicPtr<u8>,
     index: u64,
 ) -> Option<MapleRange<E>> {
-    if index == 0 {
-        return None;
+    let mut from = index.checked_sub(1)?;
+    loop {
+        // SAFETY: forwarded contract.
+        let r = unsafe { find_rev::<E>(root, from, 0) }?;
+        if r.last < index {
+            return Some(r);
+        }
+        from = r.first.checked_sub(1)?;
     }
-    // SAFETY: forwarded contract.
-    let r = unsafe { find_rev::<E>(root, index - 1, 0) }?;
-    if r.last < index {
-        return Some(r);
-    }
-    if r.first == 0 {
-        return None;
-    }
-    // SAFETY: forwarded contract.
-    unsafe { find_rev(root, r.first - 1, 0) }
 }
 
 /// Iterator over the entries intersecting a key range, in key order. It

@@ -199,3 +199,5 @@ impl Rng {
         self.next_u64() % 100 < percent
     }
 }
+
+pub mod trace;
