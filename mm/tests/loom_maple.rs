@@ -102,17 +102,18 @@ fn split(broken: bool) {
     r.join().unwrap();
 }
 
-/// 17 ranges make two leaves of 9 slots; erasing ranges 9..=13 leaves the
-/// right one with 5 (< 6): it merges with its sibling and the root
-/// collapses onto the merged leaf, so the reader's leaf dies under it.
+/// 17 ranges make two leaves (11 and 7 slots); erasing ranges 11..=13
+/// leaves the right one with 5 (< 6): it takes in its sibling, the 16
+/// slots fit one new leaf, and the root collapses onto it, so the reader's
+/// leaf dies under it.
 fn merge(broken: bool) {
     let t = tree_with(17);
     assert_eq!(t.write(0).height(), 2);
-    let r = reader(t.clone(), 95, Some((90, 99, 10)), None);
+    let r = reader(t.clone(), 115, Some((110, 119, 12)), None);
     {
         let mut w = t.write(0);
         w.inject_publish_before_fill(broken);
-        w.erase_range(90, 139).unwrap();
+        w.erase_range(110, 139).unwrap();
         assert_eq!(w.height(), 1);
     }
     r.join().unwrap();

@@ -25,8 +25,8 @@ enum Op {
     GapLow(u64, u64, u64, u64),
     GapHigh(u64, u64, u64, u64),
     Iter(u64, u64),
-    /// A write aimed at a node boundary of the current tree: depth and node
-    /// picked modulo what exists, `shape` picks the range, `val` 0 erases.
+    /// A write aimed at a node boundary of the current tree: level (0 =
+    /// leaves) and node picked modulo what exists, `shape` picks the range, `val` 0 erases.
     Boundary(usize, usize, u8, u64),
 }
 
@@ -85,7 +85,8 @@ fn ops(range: impl Strategy<Value = (u64, u64)> + Clone + 'static) -> impl Strat
 }
 
 /// Runs `ops` on a tree and the model side by side.
-fn run(ops: &[Op]) {
+fn run(ops: &[Op]) -> usize {
+    let mut most = 0;
     let a = DeferredFree::new();
     let t: Tree = MapleTree::new(&a);
     let mut m = Model::new();
@@ -96,6 +97,7 @@ fn run(ops: &[Op]) {
                 w.store_range(f, l, nz(v)).unwrap();
                 m.store(f, l, Some(v));
                 check_equal(&w, &m);
+                most = most.max(m.len());
             }
             Op::Erase(f, l) => {
                 w.erase_range(f, l).unwrap();
@@ -165,7 +167,8 @@ fn run(ops: &[Op]) {
                     continue;
                 }
                 let mut nodes = Vec::new();
-                w.for_each_node_range(d % h, |a, b| nodes.push((a, b)));
+                // Depth counted up from the leaves.
+                w.for_each_node_range(h - 1 - d % h, |a, b| nodes.push((a, b)));
                 let (lo, hi) = nodes[n % nodes.len()];
                 let (f, l) = match shape {
                     // The last key of this node and the first of the next.
@@ -200,6 +203,7 @@ fn run(ops: &[Op]) {
             }
         }
     }
+    most
 }
 
 proptest! {
@@ -596,4 +600,41 @@ fn store_across_two_full_leaves_splits_three_ways() {
         done += 1;
     }
     assert!(done >= 30, "only {done} three-way splits");
+}
+
+/// A seeded random mix of every operation, small enough for Miri
+/// (`cargo +nightly miri test -p mm maple`), larger natively.
+#[test]
+fn maple_seeded_operations() {
+    let steps = if cfg!(miri) { 300 } else { 20_000 };
+    let mut rng = Rng::new(21);
+    let mut ops = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let f = match rng.range(0, 9) {
+            0 => u64::MAX - rng.range(0, 100),
+            1 => rng.next_u64(),
+            _ => rng.range(0, 20_000),
+        };
+        let l = f.saturating_add(match rng.range(0, 2999) {
+            0 => rng.next_u64() >> 8,
+            1..=200 => rng.range(0, 500),
+            _ => rng.range(0, 12),
+        });
+        let v = rng.range(1, 1 << 40);
+        ops.push(match rng.range(0, 19) {
+            0..=8 => Op::Store(f, l, v),
+            9..=11 => Op::Erase(f, l),
+            12 => Op::EraseAt(f),
+            13 => Op::Insert(f, l, v),
+            14 => Op::Find(f, l),
+            15 => Op::FindRev(l, f),
+            16 => Op::GapLow(rng.range(1, 64), 1 << rng.range(0, 6), f, l),
+            17 => Op::GapHigh(rng.range(1, 64), 1 << rng.range(0, 6), f, l),
+            _ => Op::Boundary(0, rng.next_u64() as usize, rng.range(0, 5) as u8, v % 3),
+        });
+    }
+    let most = run(&ops);
+    if !cfg!(miri) {
+        assert!(most > 500, "only {most} ranges");
+    }
 }

@@ -185,7 +185,7 @@ fn stress(readers: usize, writes: usize) {
 #[test]
 fn maple_readers_race_a_writer_with_rcu_reclamation() {
     if cfg!(miri) {
-        stress(2, 60);
+        stress(2, 150);
     } else {
         stress(3, 30_000);
     }

@@ -484,6 +484,7 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
                 gap: 0,
             });
         }
+        let front = items.len;
         items.push(Item { last, val, gap: 0 });
         let bn = self.node(b.node);
         let b_last = bn.slot_last(Kind::Leaf, b.off, b.max);
@@ -506,7 +507,7 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
         };
         self.reserve(need)?;
         // Nothing has changed so far; from here on nothing can fail.
-        self.rebuild(root, h, &mut lp, &mut rp, items, single);
+        self.rebuild(root, h, &mut lp, &mut rp, items, front, single);
         Ok(())
     }
 
@@ -549,8 +550,11 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
         lp: &mut Path,
         rp: &mut Path,
         mut items: Items,
+        mut front: usize,
         mut single: bool,
     ) {
+        // `items[front..front + fresh]` are the new ones at this depth.
+        let mut fresh = 1;
         let mut d = h - 1;
         let mut span_min = lp.lv[d].min;
         let mut span_max = rp.lv[d].max;
@@ -579,7 +583,8 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
             }
             if items.len < kind.min_slots() && !whole {
                 single = false;
-                self.pull_neighbour(root, lp, rp, d, &mut items, &mut span_min, &mut span_max);
+                front +=
+                    self.pull_neighbour(root, lp, rp, d, &mut items, &mut span_min, &mut span_max);
             }
 
             let mut new = [NewNode {
@@ -587,7 +592,17 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
                 last: 0,
                 gap: 0,
             }; 3];
-            let k = self.build_level(kind, &items, span_min, &mut new);
+            let bias = if items.len - front - fresh <= 1 {
+                // Appending at the end of the run (ascending inserts):
+                // fill the left nodes, leave room on the right.
+                Bias::PackLeft
+            } else if front <= 1 {
+                // Prepending (top-down mmap): the mirror image.
+                Bias::PackRight
+            } else {
+                Bias::Balanced
+            };
+            let k = self.build_level(kind, &items, span_min, bias, &mut new);
 
             if d == 0 {
                 if k == 1 {
@@ -633,6 +648,8 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
             let pb_end = self.node(pb.node).end(Kind::Internal, pb.max);
             self.read_items(&mut items, pb, pb.off + 1, pb_end + 1);
             single = pa.node == pb.node;
+            front = pa.off;
+            fresh = k;
             span_min = pa.min;
             span_max = pb.max;
             d -= 1;
@@ -640,7 +657,8 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
     }
 
     /// Makes an underfull run viable by adding a whole neighbouring node to
-    /// it (see the module documentation).
+    /// it (see the module documentation). Returns how many items it put in
+    /// front of the run's (0 if it appended).
     #[allow(clippy::too_many_arguments)]
     fn pull_neighbour(
         &self,
@@ -651,7 +669,8 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
         items: &mut Items,
         span_min: &mut u64,
         span_max: &mut u64,
-    ) {
+    ) -> usize {
+        let before = items.len;
         let pl = lp.lv[d - 1];
         if pl.off > 0 {
             let sib = self.child_level(pl, pl.off - 1);
@@ -659,7 +678,7 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
             lp.lv[d] = sib;
             self.prepend_all(items, sib);
             *span_min = sib.min;
-            return;
+            return items.len - before;
         }
         let pr = rp.lv[d - 1];
         if pr.off < self.node(pr.node).end(Kind::Internal, pr.max) {
@@ -668,7 +687,7 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
             rp.lv[d] = sib;
             self.read_all(items, sib);
             *span_max = sib.max;
-            return;
+            return 0;
         }
         // The run covers its parents' children entirely: the neighbour is
         // under the next parent. Re-walk that side of the run to it; the
@@ -678,12 +697,14 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
             let sib = lp.lv[d];
             self.prepend_all(items, sib);
             *span_min = sib.min;
+            items.len - before
         } else {
             // Not the whole depth, so `span_max < u64::MAX`.
             self.walk(rp, root, d, *span_max + 1);
             let sib = rp.lv[d];
             self.read_all(items, sib);
             *span_max = sib.max;
+            0
         }
     }
 
@@ -693,15 +714,17 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
         kind: Kind,
         items: &Items,
         span_min: u64,
+        bias: Bias,
         out: &mut [NewNode; 3],
     ) -> usize {
         let n = items.len;
         let k = n.div_ceil(kind.slots());
         assert!((1..=3).contains(&k), "maple: {n} items at one depth");
+        let sizes = split_sizes(n, k, kind, bias);
         let mut pos = 0;
         let mut min = span_min;
         for (j, slot) in out.iter_mut().enumerate().take(k) {
-            let cnt = n / k + usize::from(j < n % k);
+            let cnt = sizes[j];
             let chunk = &items.buf[pos..pos + cnt];
             let e = self.take(kind);
             self.fill(e, chunk);
@@ -775,6 +798,46 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
     }
 }
 
+/// How to share items between the nodes of a split.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Bias {
+    Balanced,
+    /// As full as possible on the left, the minimum on the right.
+    PackLeft,
+    PackRight,
+}
+
+/// Node sizes for `n` items in `k = ceil(n / capacity)` nodes. Every size
+/// is within `[min_slots, slots]`: with `k >= 2`, `n > (k - 1) * slots`.
+///
+/// Balanced splits leave sequentially filled trees half full; biasing the
+/// split towards the side that will not grow keeps them about 70% full.
+fn split_sizes(n: usize, k: usize, kind: Kind, bias: Bias) -> [usize; 3] {
+    let mut s = [0; 3];
+    let spread = |s: &mut [usize], total: usize| {
+        let m = s.len();
+        for (j, x) in s.iter_mut().enumerate() {
+            *x = total / m + usize::from(j < total % m);
+        }
+    };
+    if k == 1 || bias == Bias::Balanced {
+        spread(&mut s[..k], n);
+        return s;
+    }
+    let small = (n - (k - 1) * kind.slots()).max(kind.min_slots());
+    match bias {
+        Bias::PackLeft => {
+            spread(&mut s[..k - 1], n - small);
+            s[k - 1] = small;
+        }
+        _ => {
+            s[0] = small;
+            spread(&mut s[1..k], n - small);
+        }
+    }
+    s
+}
+
 /// The largest empty range among leaf items starting at `min`.
 fn leaf_gap(items: &[Item], min: u64) -> u64 {
     let mut first = min;
@@ -786,4 +849,34 @@ fn leaf_gap(items: &[Item], min: u64) -> u64 {
         first = it.last.wrapping_add(1);
     }
     gap
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_sizes_stay_within_node_bounds() {
+        for kind in [Kind::Leaf, Kind::Internal] {
+            for n in 1..=3 * kind.slots() {
+                let k = n.div_ceil(kind.slots());
+                for bias in [Bias::Balanced, Bias::PackLeft, Bias::PackRight] {
+                    let s = split_sizes(n, k, kind, bias);
+                    assert_eq!(s.iter().sum::<usize>(), n, "{kind:?} {n} {bias:?} {s:?}");
+                    for &x in &s[..k] {
+                        assert!(x <= kind.slots(), "{kind:?} {n} {bias:?} {s:?}");
+                        if k > 1 {
+                            assert!(x >= kind.min_slots(), "{kind:?} {n} {bias:?} {s:?}");
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(split_sizes(17, 2, Kind::Leaf, Bias::PackLeft)[..2], [11, 6]);
+        assert_eq!(
+            split_sizes(17, 2, Kind::Leaf, Bias::PackRight)[..2],
+            [6, 11]
+        );
+        assert_eq!(split_sizes(17, 2, Kind::Leaf, Bias::Balanced)[..2], [9, 8]);
+    }
 }
