@@ -507,7 +507,7 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
         };
         self.reserve(need)?;
         // Nothing has changed so far; from here on nothing can fail.
-        self.rebuild(root, h, &mut lp, &mut rp, items, front, single);
+        self.rebuild(root, &mut lp, &mut rp, items, front, single);
         Ok(())
     }
 
@@ -546,13 +546,13 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
     fn rebuild(
         &mut self,
         root: Enode,
-        h: usize,
         lp: &mut Path,
         rp: &mut Path,
         mut items: Items,
         mut front: usize,
         mut single: bool,
     ) {
+        let h = self.st.height;
         // `items[front..front + fresh]` are the new ones at this depth.
         let mut fresh = 1;
         let mut d = h - 1;
