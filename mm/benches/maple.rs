@@ -216,19 +216,42 @@ fn churn_target(ranges: &[(u64, u64)], rng: &mut Rng) -> (u64, u64) {
     ranges[rng.below(ranges.len() as u64) as usize]
 }
 
+/// Two readers look up random mapped addresses while a writer keeps
+/// unmapping and remapping ranges. One iteration is one lookup; the time
+/// reported is wall time over all lookups of both readers divided by their
+/// number, i.e. the inverse of the aggregate lookup throughput.
+///
+/// The writer runs either flat out (`busy`: an erase + store pair after
+/// another, taking a whole CPU of this 2-CPU machine) or `paced`, sleeping
+/// ~10 us between pairs (tens of thousands of writes per second, a heavy
+/// `mmap`/`munmap` load).
 fn contended(c: &mut Criterion) {
     let mut g = c.benchmark_group("contended");
-    // Each sample builds a fresh tree and starts threads.
-    g.sample_size(20);
-    for n in [1_000usize, 100_000] {
+    for (n, paced) in [
+        (1_000usize, false),
+        (100_000, false),
+        (1_000, true),
+        (100_000, true),
+    ] {
+        let pace = || {
+            if paced {
+                thread::sleep(Duration::from_micros(10));
+            }
+        };
+        let id = |what: &str| {
+            BenchmarkId::new(
+                format!("{what}/{}", if paced { "paced" } else { "busy" }),
+                n,
+            )
+        };
         let ranges = layout(n, n as u64);
         let ps = probes(&ranges, 2);
 
         // Maple: readers under RCU, writer with its own (uncontended) lock.
-        g.bench_function(BenchmarkId::new("maple", n), |b| {
+        let rcu = Rcu::new();
+        let tree = build_maple(&rcu, &ranges);
+        g.bench_function(id("maple"), |b| {
             b.iter_custom(|iters| {
-                let rcu = Rcu::new();
-                let tree = build_maple(&rcu, &ranges);
                 let stop = AtomicBool::new(false);
                 thread::scope(|s| {
                     s.spawn(|| {
@@ -244,6 +267,7 @@ fn contended(c: &mut Criterion) {
                             }
                             k += 1;
                             me.quiescent_state();
+                            pace();
                         }
                     });
                     let start = Instant::now();
@@ -253,7 +277,7 @@ fn contended(c: &mut Criterion) {
                             s.spawn(move || {
                                 let mut me = rcu.register_cpu(cpu).unwrap();
                                 let mut i = cpu * 1000;
-                                for k in 0..iters / 2 {
+                                for k in 0..iters.div_ceil(2) {
                                     i = (i + 1) & 4095;
                                     {
                                         let guard = me.read_lock();
@@ -275,10 +299,12 @@ fn contended(c: &mut Criterion) {
                 })
             })
         });
+        // Let the writer's replaced nodes go before the next benchmark.
+        rcu.register_cpu(0).unwrap().barrier();
 
-        g.bench_function(BenchmarkId::new("rwlock_btree", n), |b| {
+        let map = RwLock::new(build_btree(&ranges));
+        g.bench_function(id("rwlock_btree"), |b| {
             b.iter_custom(|iters| {
-                let map = RwLock::new(build_btree(&ranges));
                 let stop = AtomicBool::new(false);
                 thread::scope(|s| {
                     s.spawn(|| {
@@ -292,6 +318,7 @@ fn contended(c: &mut Criterion) {
                                 m.insert(f, (l, k + 1));
                             }
                             k += 1;
+                            pace();
                         }
                     });
                     let start = Instant::now();
@@ -300,7 +327,7 @@ fn contended(c: &mut Criterion) {
                             let (map, ps) = (&map, &ps);
                             s.spawn(move || {
                                 let mut i = r * 1000;
-                                for _ in 0..iters / 2 {
+                                for _ in 0..iters.div_ceil(2) {
                                     i = (i + 1) & 4095;
                                     let m = map.read().unwrap();
                                     black_box(btree_lookup(&m, ps[i]));

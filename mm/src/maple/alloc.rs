@@ -85,7 +85,8 @@ mod host {
     use std::vec::Vec;
 
     use super::*;
-    use crate::rcu::{Rcu, RcuReadGuard};
+    use crate::maple::RETIRE_BATCH;
+    use crate::rcu::{Rcu, RcuHead, RcuReadGuard};
     use crate::sync::{AtomicUsize, Ordering, SpinLock};
 
     /// Allocation counters of the host allocators.
@@ -146,11 +147,61 @@ mod host {
         drop(unsafe { Box::from_raw(n.as_ptr()) });
     }
 
-    /// Host nodes from the system allocator, retired nodes freed through
-    /// [`Rcu`]: one RCU callback per `retire` call.
+    /// What an [`RcuNodeAlloc`] shares with its pending RCU callbacks: the
+    /// counters and a cache of free nodes (a slab-like free list, so that
+    /// steady-state writes do not go to the system allocator).
+    pub struct NodePool {
+        counters: AllocCounters,
+        cache: SpinLock<Vec<NonNull<Node>>>,
+    }
+
+    // SAFETY: the cached pointers are free nodes owned by the pool, touched
+    // only under its lock or in `drop`.
+    unsafe impl Send for NodePool {}
+    // SAFETY: as for `Send`.
+    unsafe impl Sync for NodePool {}
+
+    impl Default for NodePool {
+        fn default() -> Self {
+            NodePool {
+                counters: AllocCounters::default(),
+                cache: SpinLock::new(Vec::new()),
+            }
+        }
+    }
+
+    impl NodePool {
+        pub fn snapshot(&self) -> AllocStats {
+            self.counters.snapshot()
+        }
+
+        /// Takes back nodes no one uses any more.
+        ///
+        /// # Safety
+        /// Each node came from this pool and is unreachable and unused.
+        unsafe fn give_back(&self, nodes: impl Iterator<Item = NonNull<Node>>) {
+            let mut c = self.cache.lock();
+            let before = c.len();
+            c.extend(nodes);
+            AllocCounters::add(&self.counters.freed, c.len() - before);
+        }
+    }
+
+    impl Drop for NodePool {
+        fn drop(&mut self) {
+            for n in self.cache.get_mut().drain(..) {
+                // SAFETY: cached nodes are free and ours.
+                unsafe { unbox_node(n) }
+            }
+        }
+    }
+
+    /// Host nodes (from a [`NodePool`] over the system allocator); retired
+    /// nodes go back to the pool through [`Rcu`], one callback per `retire`
+    /// call.
     pub struct RcuNodeAlloc<'r> {
         rcu: &'r Rcu,
-        counters: Arc<AllocCounters>,
+        pool: Arc<NodePool>,
     }
 
     impl<'r> RcuNodeAlloc<'r> {
@@ -161,60 +212,77 @@ mod host {
         pub unsafe fn new(rcu: &'r Rcu) -> Self {
             RcuNodeAlloc {
                 rcu,
-                counters: Arc::default(),
+                pool: Arc::default(),
             }
         }
 
-        /// Counters, shared with the pending RCU callbacks (they count the
-        /// nodes they free even after the allocator is gone).
-        pub fn counters(&self) -> Arc<AllocCounters> {
-            self.counters.clone()
+        /// The pool and its counters, shared with the pending callbacks
+        /// (they count the nodes they free even after the allocator is gone).
+        pub fn counters(&self) -> Arc<NodePool> {
+            self.pool.clone()
         }
 
         pub fn stats(&self) -> AllocStats {
-            self.counters.snapshot()
+            self.pool.snapshot()
         }
     }
 
-    /// Retired nodes in flight to an RCU callback.
-    struct Batch(Vec<NonNull<Node>>);
-    // SAFETY: the nodes are unreachable and owned by the batch alone; the
-    // callback that frees them may run on any CPU.
-    unsafe impl Send for Batch {}
+    /// Retired nodes in flight to an RCU callback: one allocation per batch.
+    #[repr(C)]
+    struct Batch {
+        head: RcuHead,
+        pool: Arc<NodePool>,
+        len: usize,
+        nodes: [NonNull<Node>; RETIRE_BATCH],
+    }
 
-    // SAFETY: nodes come from `Box::new(Node::new())`; `retire` frees them
-    // in an `Rcu` callback, which runs only after a grace period that starts
-    // after the call, i.e. after every read section (and so every
-    // `RcuReadGuard` of this domain, by `new`'s contract) open at the call
-    // has ended.
+    /// The RCU callback of a [`Batch`].
+    ///
+    /// # Safety
+    /// `h` is the head of a leaked `Box<Batch>` queued by `retire`, invoked
+    /// once, after a grace period.
+    unsafe fn free_batch(h: NonNull<RcuHead>) {
+        // SAFETY: `head` is the first field of the `#[repr(C)]` batch.
+        let b = unsafe { Box::from_raw(h.cast::<Batch>().as_ptr()) };
+        // SAFETY: a grace period has passed since `retire`: no reader holds
+        // these nodes, and the tree gave them up.
+        unsafe { b.pool.give_back(b.nodes[..b.len].iter().copied()) };
+    }
+
+    // SAFETY: nodes are `Box::new(Node::new())` allocations or cached ones;
+    // a retired node returns to the cache only in an `Rcu` callback, which
+    // runs after a grace period that starts after the `retire` call, i.e.
+    // after every read section (every `RcuReadGuard` of this domain, by
+    // `new`'s contract) open at the call has ended.
     unsafe impl NodeAlloc for RcuNodeAlloc<'_> {
         type Guard<'g> = RcuReadGuard<'g>;
 
         fn alloc_node(&self) -> Option<NonNull<Node>> {
-            AllocCounters::add(&self.counters.allocated, 1);
-            Some(box_node())
+            AllocCounters::add(&self.pool.counters.allocated, 1);
+            Some(self.pool.cache.lock().pop().unwrap_or_else(box_node))
         }
 
         unsafe fn free_node(&self, node: NonNull<Node>) {
-            AllocCounters::add(&self.counters.freed, 1);
             // SAFETY: the caller gives us a node of ours it no longer uses.
-            unsafe { unbox_node(node) }
+            unsafe { self.pool.give_back(core::iter::once(node)) };
         }
 
         unsafe fn retire(&self, cpu: CpuId, nodes: &[NonNull<Node>]) {
-            AllocCounters::add(&self.counters.retired, nodes.len());
-            AllocCounters::add(&self.counters.batches, 1);
-            let batch = Batch(nodes.to_vec());
-            let counters = self.counters.clone();
-            self.rcu.call_boxed(cpu, move || {
-                let batch = batch;
-                AllocCounters::add(&counters.freed, batch.0.len());
-                for n in batch.0 {
-                    // SAFETY: a grace period has passed since `retire`: no
-                    // reader holds `n`, and the tree gave it up.
-                    unsafe { unbox_node(n) }
-                }
-            });
+            AllocCounters::add(&self.pool.counters.retired, nodes.len());
+            for chunk in nodes.chunks(RETIRE_BATCH) {
+                AllocCounters::add(&self.pool.counters.batches, 1);
+                let mut b = Box::new(Batch {
+                    head: RcuHead::new(),
+                    pool: self.pool.clone(),
+                    len: chunk.len(),
+                    nodes: [NonNull::dangling(); RETIRE_BATCH],
+                });
+                b.nodes[..chunk.len()].copy_from_slice(chunk);
+                let head = NonNull::from(Box::leak(b)).cast::<RcuHead>();
+                // SAFETY: the head is the first field of the leaked batch,
+                // not queued elsewhere; `free_batch` reclaims the box once.
+                unsafe { self.rcu.call(cpu, head, free_batch) };
+            }
         }
     }
 

@@ -275,6 +275,8 @@ impl<E: MapleEntry, A: NodeAlloc> MapleWriter<'_, E, A> {
             st: &mut self.st,
             alloc: &self.tree.alloc,
             cpu: self.cpu,
+            dry: false,
+            planned: 0,
         }
     }
 

@@ -163,6 +163,17 @@ impl Enode {
         Enode(ptr::null_mut())
     }
 
+    /// A non-null stand-in for a node a planning pass would create; never
+    /// dereferenced.
+    #[inline(always)]
+    pub(crate) fn placeholder(kind: Kind) -> Self {
+        let tag = match kind {
+            Kind::Leaf => TAG_LEAF,
+            Kind::Internal => TAG_INTERNAL,
+        };
+        Enode(ptr::without_provenance_mut(NODE_SIZE | tag))
+    }
+
     /// Decodes a root or internal-slot word; `None` for null.
     #[inline(always)]
     pub(crate) fn from_word(w: *mut u8) -> Option<Self> {

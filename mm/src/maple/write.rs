@@ -46,7 +46,7 @@ pub const RETIRE_BATCH: usize = 64;
 /// Worst-case nodes one write needs: 3 per depth and a new root.
 const RESERVE_MAX: usize = 3 * MAX_HEIGHT + 1;
 /// Spare nodes kept between writes (the rest go back to the allocator).
-const RESERVE_KEEP: usize = 8;
+const RESERVE_KEEP: usize = 4;
 /// Items at one depth: <= 16 + 1 + 16 leaf slots; <= 21 children.
 const ITEMS_MAX: usize = 40;
 
@@ -67,6 +67,7 @@ impl Item {
     };
 }
 
+#[derive(Clone)]
 struct Items {
     buf: [Item; ITEMS_MAX],
     len: usize,
@@ -104,6 +105,7 @@ struct Level {
     max: u64,
 }
 
+#[derive(Clone)]
 struct Path {
     lv: [Level; MAX_HEIGHT],
 }
@@ -226,6 +228,9 @@ pub(crate) struct WriteCtx<'a, A: NodeAlloc> {
     pub(crate) st: &'a mut WriterState,
     pub(crate) alloc: &'a A,
     pub(crate) cpu: CpuId,
+    /// Planning pass: count the nodes a rebuild takes, change nothing.
+    pub(crate) dry: bool,
+    pub(crate) planned: usize,
 }
 
 impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
@@ -326,6 +331,10 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
     }
 
     fn take(&mut self, kind: Kind) -> Enode {
+        if self.dry {
+            self.planned += 1;
+            return Enode::placeholder(kind);
+        }
         // The reservation bound makes this unreachable; running out would
         // mean the bound is wrong, and the tree is half-modified.
         assert!(
@@ -361,6 +370,9 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
     /// Writes `items` into the unpublished node `e`. Relaxed stores: the
     /// Release store that publishes the new subtree orders them.
     fn fill(&mut self, e: Enode, items: &[Item]) {
+        if self.dry {
+            return;
+        }
         #[cfg(loom)]
         if self.st.publish_before_fill {
             self.st.deferred.push((e, items.to_vec()));
@@ -381,6 +393,9 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
 
     /// Points the children of the new internal node `e` at it.
     fn adopt(&self, e: Enode, items: &[Item]) {
+        if self.dry {
+            return;
+        }
         for (j, it) in items.iter().enumerate() {
             if let Some(c) = Enode::from_word(it.val) {
                 self.node(c).set_parent(parent_word(e, j));
@@ -443,27 +458,26 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
         let Some(root) = Enode::from_word(self.root.load(Ordering::Relaxed)) else {
             return self.store_empty(first, last, val);
         };
-        if val.is_null() {
-            // Empty ranges never touch: absorb the empty neighbours.
-            if first > 0 {
-                let (f, _, v) = self.range_at(root, first - 1);
-                if v.is_null() {
-                    first = f;
-                }
-            }
-            if last < u64::MAX {
-                let (_, l, v) = self.range_at(root, last + 1);
-                if v.is_null() {
-                    last = l;
-                }
-            }
-        }
         let h = self.st.height;
         let leaf = h - 1;
         let mut lp = Path::new();
-        let mut rp = Path::new();
         self.walk(&mut lp, root, leaf, first);
-        self.walk(&mut rp, root, leaf, last);
+        if val.is_null() {
+            // Empty ranges never touch: absorb the empty neighbours.
+            first = self.extend_empty_left(&mut lp, root, first);
+        }
+        let mut rp = Path::new();
+        if last <= lp.lv[leaf].max {
+            // Same leaf, same path.
+            rp.lv[..h].copy_from_slice(&lp.lv[..h]);
+            let b = &mut rp.lv[leaf];
+            b.off = self.node(b.node).find_slot(Kind::Leaf, last);
+        } else {
+            self.walk(&mut rp, root, leaf, last);
+        }
+        if val.is_null() {
+            last = self.extend_empty_right(&mut rp, root, last);
+        }
         let (a, b) = (lp.lv[leaf], rp.lv[leaf]);
         let single = a.node == b.node;
         if val.is_null() && single {
@@ -498,17 +512,89 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
         let b_end = bn.end(Kind::Leaf, b.max);
         self.read_items(&mut items, b, b.off + 1, b_end + 1);
 
-        // The common case replaces one leaf by one leaf; anything else may
-        // touch up to 3 nodes per depth plus a new root.
+        // The common case replaces one leaf by one leaf. Anything else is
+        // planned by a dry run of the rebuild, which counts the nodes it
+        // would take (at most 3 per depth plus a new root).
         let need = if single && (LEAF_MIN..=LEAF_SLOTS).contains(&items.len) {
             1
         } else {
-            3 * h + 1
+            let (mut lp2, mut rp2) = (lp.clone(), rp.clone());
+            self.dry = true;
+            self.planned = 0;
+            self.rebuild(root, &mut lp2, &mut rp2, items.clone(), front, single);
+            self.dry = false;
+            self.planned
         };
         self.reserve(need)?;
         // Nothing has changed so far; from here on nothing can fail.
+        let spare = self.st.nreserve;
         self.rebuild(root, &mut lp, &mut rp, items, front, single);
+        debug_assert_eq!(
+            spare - self.st.nreserve,
+            need,
+            "maple: the plan was not exact"
+        );
         Ok(())
+    }
+
+    /// For an erase starting at `first` (path `lp`): if the slot before
+    /// `first` is empty, the erase starts where that slot does. Returns the
+    /// new start; `lp` follows it.
+    fn extend_empty_left(&self, lp: &mut Path, root: Enode, first: u64) -> u64 {
+        let leaf = self.st.height - 1;
+        let a = lp.lv[leaf];
+        let n = self.node(a.node);
+        let start = n.slot_first(a.off, a.min);
+        let empty = |i| n.slot(Kind::Leaf, i, Ordering::Relaxed).is_null();
+        if start < first {
+            // `first - 1` is in the same slot.
+            return if empty(a.off) { start } else { first };
+        }
+        if a.off > 0 {
+            if empty(a.off - 1) {
+                lp.lv[leaf].off -= 1;
+                return n.slot_first(a.off - 1, a.min);
+            }
+            return first;
+        }
+        if first == 0 {
+            return first;
+        }
+        // The previous slot is the last of the previous leaf.
+        let (f, _, v) = self.range_at(root, first - 1);
+        if !v.is_null() {
+            return first;
+        }
+        self.walk(lp, root, leaf, f);
+        f
+    }
+
+    /// The mirror image of [`Self::extend_empty_left`] for the erase's end.
+    fn extend_empty_right(&self, rp: &mut Path, root: Enode, last: u64) -> u64 {
+        let leaf = self.st.height - 1;
+        let b = rp.lv[leaf];
+        let n = self.node(b.node);
+        let end = n.slot_last(Kind::Leaf, b.off, b.max);
+        let empty = |i| n.slot(Kind::Leaf, i, Ordering::Relaxed).is_null();
+        if end > last {
+            return if empty(b.off) { end } else { last };
+        }
+        if b.off < n.end(Kind::Leaf, b.max) {
+            if empty(b.off + 1) {
+                rp.lv[leaf].off += 1;
+                return n.slot_last(Kind::Leaf, b.off + 1, b.max);
+            }
+            return last;
+        }
+        if last == u64::MAX {
+            return last;
+        }
+        let (_, l, v) = self.range_at(root, last + 1);
+        if !v.is_null() {
+            return last;
+        }
+        self.walk(rp, root, leaf, l);
+        l
     }
 
     fn store_empty(&mut self, first: u64, last: u64, val: *mut u8) -> Result<(), MapleError> {
@@ -625,6 +711,9 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
             }
 
             if single && k == 1 {
+                if self.dry {
+                    return;
+                }
                 let p = lp.lv[d - 1];
                 let nn = new[0];
                 self.node(nn.e).set_parent(parent_word(p.node, p.off));
@@ -746,6 +835,9 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
     /// Publishes a new root (or none), then retires the old tree's
     /// replaced nodes.
     fn install_root(&mut self, old_root: Enode, top: Option<Enode>, height: usize) {
+        if self.dry {
+            return;
+        }
         if let Some(t) = top {
             self.node(t).set_parent(root_parent_word());
         }
