@@ -70,7 +70,7 @@ unsafe impl<T: NodeAlloc> NodeAlloc for &T {
 }
 
 /// Proof that a reader may dereference nodes of a tree whose allocator
-/// never frees retired nodes before it is dropped ([`DeferredFree`]).
+/// never frees retired nodes before it is dropped (the host `DeferredFree`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoReclaim;
 

@@ -11,7 +11,7 @@
 //! leaf; a slot holds an entry or is empty (null). Adjacent empty slots are
 //! always merged, also across leaves, so every maximal free range is one
 //! slot and the recorded gaps are exact. Nodes are 256 bytes
-//! ([`node`](self::node) has the layout): leaves have 16 slots, internal
+//! ([`Node`] has the layout): leaves have 16 slots, internal
 //! nodes 10 children plus the largest gap under each. All leaves are at the
 //! same depth; non-root leaves hold at least [`LEAF_MIN`] slots and non-root
 //! internal nodes at least [`INTERNAL_MIN`] children, so the height is at
@@ -37,7 +37,7 @@
 //! - **In-place updates of live nodes** are limited to (a) that one child
 //!   pointer, (b) gap records on the path above it (Relaxed; used only by
 //!   gap searches under the writer lock) and (c) parent words of children
-//!   that a new parent adopts (Relaxed; see [`node`](self::node)).
+//!   that a new parent adopts (Relaxed; see [`Node`]).
 //! - **Dead nodes.** After publishing, the writer marks every replaced node
 //!   dead (parent word = own address, Release store) and passes them in one
 //!   batch to [`NodeAlloc::retire`], which frees them after a grace period.
@@ -47,12 +47,13 @@
 //!   replacement. The result: a lookup returns an entry that was current at
 //!   some point during the call, and iteration never continues from a stale
 //!   leaf.
-//! - **Preallocation.** A write computes a bound on the nodes it will need
-//!   (exact for the common single-leaf case, `3 * height + 1` otherwise),
-//!   takes them from the allocator up front into a per-tree reserve, and
-//!   fails with [`MapleError::NoMemory`] before changing anything if it
-//!   cannot. Unused spares stay in the reserve for the next write (up to a
-//!   small cap).
+//! - **Preallocation.** A write first computes exactly how many nodes it
+//!   will need (1 when one leaf is replaced by one leaf, the common case;
+//!   otherwise a dry run of the rebuild counts them, at most
+//!   `3 * height + 1`), takes them from the allocator into a per-tree
+//!   reserve, and fails with [`MapleError::NoMemory`] before changing
+//!   anything if it cannot. Up to 4 spares stay in the reserve for the next
+//!   write.
 
 mod alloc;
 mod gap;

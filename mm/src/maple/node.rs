@@ -1,37 +1,4 @@
 //! Node layout and the encodings of node pointers and parent words.
-//!
-//! Every node is one 256-byte, 256-aligned block of 32 machine words, all of
-//! them atomics so that a lockless reader racing with the writer performs
-//! only defined (atomic) accesses:
-//!
-//! ```text
-//!          word 0    words 1..=15      words 16..=31
-//! leaf     parent    pivot[0..15]      slot[0..16]   (entries)
-//!
-//!          word 0    words 1..=9       words 10..=19     words 20..=29   30..=31
-//! internal parent    pivot[0..9]       slot[0..10]       gap[0..10]      unused
-//!                                      (child pointers)
-//! ```
-//!
-//! A node covers the key range `[min, max]` given by its parent (the root
-//! covers `[0, u64::MAX]`); neither bound is stored. Slot `i` covers
-//! `[pivot[i-1] + 1, pivot[i]]`, slot 0 starting at `min`. The last used
-//! slot, `end`, ends at `max`: if the node is not full, `pivot[end] == max`
-//! is stored and terminates it (pivots beyond are stale and never read); a
-//! full node has no pivot for its last slot. So `end` is the first `i` with
-//! `pivot[i] == max`, and a lookup of `index` is "first `i` with
-//! `pivot[i] >= index`", which never runs past `end`. This is Linux's
-//! `maple_range_64` / `maple_arange_64` convention for 64-bit keys.
-//!
-//! `gap[i]` (internal nodes only) is the size of the largest empty range in
-//! the subtree under `slot[i]`.
-//!
-//! Node pointers stored in `slot[]` of internal nodes and in the tree root
-//! carry the child's kind in their low bits ([`Enode`]). The parent word of
-//! a node holds the parent's address and, in its low bits, the slot of the
-//! parent that points here; the root has [`ROOT_PARENT`]; a *dead* node
-//! (replaced, unreachable from the root, waiting for a grace period) has its
-//! own address, as Linux marks dead nodes.
 
 use core::ptr::{self, NonNull};
 
@@ -81,6 +48,40 @@ pub(crate) const ROOT_PARENT: usize = 0x10;
 
 /// One tree node: 256 bytes, cache-aligned. Opaque outside the tree; it is
 /// public so that node allocators ([`super::NodeAlloc`]) can hold it.
+///
+/// Every node is one 256-byte, 256-aligned block of 32 machine words, all of
+/// them atomics so that a lockless reader racing with the writer performs
+/// only defined (atomic) accesses:
+///
+/// ```text
+///          word 0    words 1..=15      words 16..=31
+/// leaf     parent    pivot[0..15]      slot[0..16]   (entries)
+///
+///          word 0    words 1..=9       words 10..=19     words 20..=29   30..=31
+/// internal parent    pivot[0..9]       slot[0..10]       gap[0..10]      unused
+///                                      (child pointers)
+/// ```
+///
+/// A node covers the key range `[min, max]` given by its parent (the root
+/// covers `[0, u64::MAX]`); neither bound is stored. Slot `i` covers
+/// `[pivot[i-1] + 1, pivot[i]]`, slot 0 starting at `min`. The last used
+/// slot, `end`, ends at `max`: if the node is not full, `pivot[end] == max`
+/// is stored and terminates it (pivots beyond are stale and never read); a
+/// full node has no pivot for its last slot. So `end` is the first `i` with
+/// `pivot[i] == max`, and a lookup of `index` is "first `i` with
+/// `pivot[i] >= index`", which never runs past `end`. This is Linux's
+/// `maple_range_64` / `maple_arange_64` convention for 64-bit keys.
+///
+/// `gap[i]` (internal nodes only) is the size of the largest empty range in
+/// the subtree under `slot[i]`.
+///
+/// Node pointers stored in `slot[]` of internal nodes and in the tree root
+/// carry the child's kind in their low bits. The parent word of
+/// a node holds the parent's address and, in its low bits, the slot of the
+/// parent that points here; the root has a marker with no address; a *dead* node
+/// (replaced, unreachable from the root, waiting for a grace period) has its
+/// own address, as Linux marks dead nodes.
+
 #[repr(C, align(256))]
 pub struct Node {
     parent: AtomicPtr<u8>,

@@ -4,7 +4,9 @@
 //! # How a store is rebuilt
 //!
 //! `store(first, last, val)` (`val` null for erase) walks two paths from the
-//! root: to the leaf holding `first` and to the leaf holding `last`. At the
+//! root: to the leaf holding `first` and to the leaf holding `last` (one
+//! walk when they are the same leaf). An erase first widens itself over the
+//! empty slots on either side, so that empty slots never end up adjacent. At the
 //! leaf depth the new contents of the run of leaves between them are: the
 //! left leaf's slots before `first` (the one straddling `first` truncated),
 //! the new slot, and the right leaf's slots after `last` (the straddling one
@@ -17,13 +19,20 @@
 //!    the next parent (found by a walk to the key just outside the run).
 //! 2. Distribute the items over `ceil(n / capacity)` new nodes (at most 3:
 //!    two truncated nodes plus one slot give <= 33 leaf items; at most
-//!    9 + 3 + 9 = 21 children), each between the minimum and the capacity.
+//!    9 + 3 + 9 = 21 children), each between the minimum and the capacity;
+//!    a split next to where the run changed leaves the room on that side
+//!    ([`split_sizes`]).
 //! 3. If the run was a single node and became a single node, the new node
 //!    covers exactly the old one's range: publish it in the parent's slot
-//!    and stop. At the root, publish a new root (splitting or collapsing it).
-//!    Otherwise the parents' items are: the left parent's children before
-//!    the run, the new nodes, the right parent's children after it; repeat
-//!    one depth up.
+//!    and stop. If the run spans its whole depth and became one node, that
+//!    node is the new root (the levels above collapse). At the root,
+//!    publish the new root, adding a level if it split. Otherwise the
+//!    parents' items are: the left parent's children before the run, the
+//!    new nodes, the right parent's children after it; repeat one depth up.
+//!
+//! The same procedure, run dry first (no allocation, no stores: new nodes
+//! are placeholders), counts the nodes the write takes, so that it can fail
+//! for lack of memory before it changes anything.
 //!
 //! After publication, [`WriteCtx::retire_subtree`] walks the replaced
 //! subtree and retires every node in it that no new node adopted (an adopted
