@@ -81,7 +81,6 @@ pub(crate) const ROOT_PARENT: usize = 0x10;
 /// parent that points here; the root has a marker with no address; a *dead* node
 /// (replaced, unreachable from the root, waiting for a grace period) has its
 /// own address, as Linux marks dead nodes.
-
 #[repr(C, align(256))]
 pub struct Node {
     parent: AtomicPtr<u8>,
