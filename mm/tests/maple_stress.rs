@@ -187,6 +187,6 @@ fn maple_readers_race_a_writer_with_rcu_reclamation() {
     if cfg!(miri) {
         stress(2, 150);
     } else {
-        stress(3, 30_000);
+        stress(3, 100_000);
     }
 }
