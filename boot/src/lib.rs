@@ -7,7 +7,12 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod cmdline;
+pub mod malta;
 pub mod memmap;
+pub mod octeon;
+pub mod options;
+pub mod phys;
+pub mod pvh;
 
 pub use cmdline::CmdLine;
 pub use memmap::{MemoryMap, Region, RegionKind};

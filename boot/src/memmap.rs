@@ -144,6 +144,30 @@ impl MemoryMap {
         Ok(())
     }
 
+    /// Takes `size` bytes of usable memory, aligned to `align` (a power of
+    /// two) and ending at or below `limit`, from the lowest address that fits,
+    /// and marks them [`RegionKind::Kernel`]. For page tables and other
+    /// kernel data allocated before the frame allocator exists.
+    pub fn allocate(&mut self, size: u64, align: u64, limit: u64) -> Option<u64> {
+        debug_assert!(align.is_power_of_two());
+        if size == 0 {
+            return None;
+        }
+        let start = self
+            .regions()
+            .iter()
+            .filter(|r| r.kind == RegionKind::Usable)
+            .find_map(|r| {
+                let start = r.start.checked_add(align - 1)? & !(align - 1);
+                let end = start.checked_add(size)?;
+                (end <= r.end && end <= limit).then_some(start)
+            })?;
+        // Cannot be `Full`: carving from the edge or middle of one region
+        // adds at most two regions, and a failure leaves the map unchanged.
+        self.add(start, start + size, RegionKind::Kernel).ok()?;
+        Some(start)
+    }
+
     /// Appends a region that starts at or after the last one, merging it with
     /// its predecessor when they touch and have the same kind.
     fn push_merging(&mut self, r: Region) -> Result<(), MapError> {
@@ -227,6 +251,29 @@ mod tests {
                 (0x5000, 0x12000, Reserved)
             ]
         );
+    }
+
+    #[test]
+    fn allocate_takes_lowest_fit_below_limit() {
+        let mut m = MemoryMap::new();
+        m.add(0x1000, 0x2800, Usable).unwrap();
+        m.add(0x5000, 0x9000, Usable).unwrap();
+        // 0x1000..0x2800 cannot hold an aligned 0x2000.
+        assert_eq!(m.allocate(0x2000, 0x2000, u64::MAX), Some(0x6000));
+        assert_eq!(m.allocate(0x1000, 0x1000, u64::MAX), Some(0x1000));
+        assert_eq!(m.allocate(0x1000, 0x1000, 0x2800), None);
+        assert_eq!(m.allocate(0x1000, 0x1000, 0x6000), Some(0x5000));
+        assert_eq!(
+            spans(&m),
+            vec![
+                (0x1000, 0x2000, Kernel),
+                (0x2000, 0x2800, Usable),
+                (0x5000, 0x8000, Kernel),
+                (0x8000, 0x9000, Usable)
+            ]
+        );
+        assert_eq!(m.allocate(0x2000, 0x1000, u64::MAX), None);
+        assert_eq!(m.allocate(0, 0x1000, u64::MAX), None);
     }
 
     #[test]

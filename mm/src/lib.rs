@@ -3,9 +3,15 @@
 //! `no_std` and tested on the host: under `cfg(test)` (and the `std`
 //! feature) std threads stand in for CPUs, and under `cfg(loom)` the
 //! concurrency protocols are model-checked.
-#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![cfg_attr(not(any(test, loom, feature = "std")), no_std)]
 
+pub mod addr;
 pub mod cpu;
+pub mod frame;
 pub mod maple;
+pub mod pgtable;
+pub mod phys;
 pub mod rcu;
+pub mod slab;
 pub mod sync;
+pub mod vma;

@@ -55,10 +55,11 @@
 //! # Locking
 //!
 //! Each CPU's callback queue has its own [`SpinLock`]; `gp_lock` serialises
-//! starting and ending grace periods. `gp_lock` is only ever try-locked, so
-//! the two never nest in a way that can deadlock: a queue lock is never held
-//! while taking `gp_lock`, and `gp_lock` is never held while invoking
-//! callbacks.
+//! starting and ending grace periods, and CPUs coming online or going
+//! offline against the engine's scan of the online CPUs. The engine only
+//! try-locks it; nobody holding it waits for anything else. A queue lock is
+//! never held while taking `gp_lock`, and no lock is held while callbacks
+//! run.
 
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
@@ -256,8 +257,10 @@ pub struct Rcu {
     /// keeps starting grace periods until `gp_seq` reaches it.
     gp_needed: CachePadded<AtomicU64>,
     /// CPUs with a live [`RcuCpu`] handle. The GP engine scans only these.
+    /// Changed only under `gp_lock`.
     online: AtomicU64,
-    /// Serialises GP start and end (try-locked only, see "Locking").
+    /// Serialises GP start and end, and CPUs going on- and offline against
+    /// the engine's scans (see "Locking").
     gp_lock: SpinLock<()>,
     cpus: PerCpu<RcuCpuState>,
 }
@@ -286,9 +289,16 @@ impl Rcu {
             return Err(RegisterError::OutOfRange(cpu));
         }
         let bit = 1u64 << cpu;
-        if self.online.fetch_or(bit, Ordering::AcqRel) & bit != 0 {
+        // Under `gp_lock`, which the GP engine holds while it scans `online`:
+        // either the engine's scan comes first, and this CPU's later read
+        // sections happen after it (and after every removal the running GP
+        // covers), or this CPU is in the scan.
+        let _g = self.gp_lock.lock();
+        if self.online.load(Ordering::Relaxed) & bit != 0 {
             return Err(RegisterError::AlreadyOnline(cpu));
         }
+        self.online
+            .store(self.online.load(Ordering::Relaxed) | bit, Ordering::Relaxed);
         let st = self.cpus.get(cpu);
         // The CPU starts active (odd). Until its first report, `qs_seq` is
         // older than any GP in progress, so the engine waits for it: a CPU
@@ -422,7 +432,8 @@ impl Rcu {
     /// Whether every online CPU has reported a quiescent state for GP `gp`
     /// or is idle.
     fn all_cpus_quiet(&self, gp: u64) -> bool {
-        let mut mask = self.online.load(Ordering::Acquire);
+        // Relaxed: `online` changes only under `gp_lock`, which we hold.
+        let mut mask = self.online.load(Ordering::Relaxed);
         while mask != 0 {
             let cpu = mask.trailing_zeros() as usize;
             mask &= mask - 1;
@@ -442,7 +453,11 @@ impl Rcu {
         // Pair (D): an RMW, not a load, so that it is ordered against the
         // CPU's own RMWs when it enters or leaves idle. Costs a write to an
         // idle CPU's line once per GP; never to an active CPU's.
-        let d = st.dynticks.fetch_add(0, Ordering::AcqRel);
+        let d = if injected(Fault::RcuIdleSampleLoad) {
+            st.dynticks.load(Ordering::Acquire)
+        } else {
+            st.dynticks.fetch_add(0, Ordering::AcqRel)
+        };
         !RcuCpuState::is_active(d)
     }
 
@@ -674,9 +689,15 @@ impl Drop for RcuCpu<'_> {
         if RcuCpuState::is_active(st.dynticks.load(Ordering::Relaxed)) {
             st.dynticks.fetch_add(1, Ordering::AcqRel);
         }
-        self.rcu
-            .online
-            .fetch_and(!(1u64 << self.cpu), Ordering::AcqRel);
+        {
+            // Under `gp_lock` (see `register_cpu`): the next scan that no
+            // longer sees this CPU acquires everything it read before.
+            let _g = self.rcu.gp_lock.lock();
+            let online = self.rcu.online.load(Ordering::Relaxed);
+            self.rcu
+                .online
+                .store(online & !(1u64 << self.cpu), Ordering::Relaxed);
+        }
         self.rcu.advance_gp();
     }
 }
@@ -878,6 +899,11 @@ mod tests {
     }
     const POISON: usize = usize::MAX;
 
+    struct SendPtr(*mut Obj);
+    // SAFETY: the pointer is handed from the updater to the callback that
+    // frees it; nothing else uses it.
+    unsafe impl Send for SendPtr {}
+
     fn stress(readers: usize, updates: usize) {
         let rcu = Arc::new(Rcu::new());
         let slot = Arc::new(AtomicPtr::new(Box::into_raw(Box::new(Obj {
@@ -909,16 +935,17 @@ mod tests {
             let new = Box::into_raw(Box::new(Obj {
                 value: AtomicUsize::new(i),
             }));
-            let old = slot.swap(new, SeqCst) as usize;
+            let old = SendPtr(slot.swap(new, SeqCst));
             if i % 2 == 0 {
                 me.synchronize();
                 // SAFETY: unpublished and a grace period has passed.
-                let b = unsafe { Box::from_raw(old as *mut Obj) };
+                let b = unsafe { Box::from_raw(old.0) };
                 b.value.store(POISON, SeqCst);
             } else {
                 rcu.call_boxed(0, move || {
+                    let old = old;
                     // SAFETY: unpublished before queueing; runs after a GP.
-                    let b = unsafe { Box::from_raw(old as *mut Obj) };
+                    let b = unsafe { Box::from_raw(old.0) };
                     b.value.store(POISON, SeqCst);
                 });
             }

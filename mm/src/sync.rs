@@ -178,6 +178,31 @@ pub enum Fault {
     /// RCU: a callback queued during a grace period is satisfied by that
     /// grace period, which may have started before the removal it protects.
     RcuSnapCountsCurrentGp = 1 << 1,
+    /// RCU: the grace-period engine samples an idle CPU's counter with a
+    /// plain load instead of a read-modify-write.
+    RcuIdleSampleLoad = 1 << 2,
+    /// VMA: attaching stops being a Release store, so a reader that locks
+    /// a freshly (re)initialised VMA may see its old fields.
+    VmaAttachRelaxed = 1 << 3,
+    /// VMA: a reader takes a reference even on a detached VMA.
+    VmaSkipDetachedCheck = 1 << 4,
+    /// VMA: `lock_vma_under_rcu` no longer checks the VMA's owner.
+    VmaSkipMmCheck = 1 << 5,
+    /// VMA: `lock_vma_under_rcu` no longer checks the VMA still covers the
+    /// faulting address.
+    VmaSkipRangeCheck = 1 << 6,
+    /// Slab: a type-safe-by-RCU cache frees an empty slab page at once
+    /// instead of after a grace period.
+    SlabFreeWithoutGracePeriod = 1 << 8,
+    /// Page table: a new table is linked into its parent before it is
+    /// zeroed, so a walker may find the frame's old contents.
+    PgtablePublishBeforeZero = 1 << 12,
+    /// Page table: a new table is linked with a Relaxed compare-and-swap,
+    /// so its zeroing is not ordered before walkers that find it.
+    PgtablePublishRelaxed = 1 << 13,
+    /// Page table: walkers read table entries with Relaxed loads, so they
+    /// are not ordered after the zeroing of the table they enter.
+    PgtableWalkRelaxed = 1 << 14,
 }
 
 #[cfg(loom)]

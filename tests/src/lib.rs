@@ -1,1 +1,225 @@
-//! In-QEMU integration tests: boot a kernel image per scenario and judge it by its exit status.
+//! In-QEMU integration tests: the host-side runner.
+//!
+//! Each test in `tests/qemu.rs` boots a kernel image in QEMU with one
+//! scenario on the command line (`test=NAME`) and judges the run by QEMU's
+//! exit status and the serial log. Images are built once per configuration
+//! and process ([`image`]), with xtask's own build code; runs are bounded by
+//! a time-out and their serial logs stay in `target/samara/logs/`.
+//!
+//! Environment (set by `cargo xtask test`, all optional):
+//! `SAMARA_TEST_RELEASE=1` (test release kernels), `SAMARA_TEST_SMP=N`,
+//! `SAMARA_TEST_MEM=SIZE`, `SAMARA_ACCEL=auto|kvm|tcg`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+pub use xtask::build::KernelConfig;
+pub use xtask::qemu::Outcome;
+use xtask::qemu::{self, AccelChoice, Machine, RunSpec};
+pub use xtask::{Arch, Board};
+
+/// How long one scenario may run before it counts as hung. TCG-emulated
+/// MIPS boots take longer than KVM x86_64 ones; both are far below this.
+pub fn timeout(arch: Arch) -> Duration {
+    match arch {
+        Arch::X86_64 => Duration::from_secs(60),
+        Arch::Mips64 => Duration::from_secs(120),
+    }
+}
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+type ImageSlot = Arc<OnceLock<Result<PathBuf, String>>>;
+
+/// The image of `config`, built on first use. Concurrent tests of the same
+/// configuration wait for the one build; different configurations build in
+/// turn (cargo serialises them on the target directory anyway).
+pub fn image(config: KernelConfig) -> Result<PathBuf, String> {
+    static SLOTS: OnceLock<Mutex<HashMap<KernelConfig, ImageSlot>>> = OnceLock::new();
+    let slot = {
+        let mut map = SLOTS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.entry(config).or_default().clone()
+    };
+    slot.get_or_init(|| config.build(true).map_err(|e| e.to_string()))
+        .clone()
+}
+
+/// The result of one scenario run, with everything needed to judge it.
+pub struct ScenarioRun {
+    pub config: KernelConfig,
+    pub scenario: String,
+    pub outcome: Outcome,
+    /// The serial log's contents (`\r` removed).
+    pub log_text: String,
+    pub log: PathBuf,
+    pub qemu_stderr: String,
+    pub command: String,
+}
+
+impl ScenarioRun {
+    /// Panics with the log path and contents unless `cond` holds.
+    pub fn require(&self, cond: bool, what: &str) {
+        if !cond {
+            panic!(
+                "{} ({}): {what}\noutcome: {}\nserial log: {}\ncommand: {}\nQEMU stderr: {}\n--- serial log ---\n{}--- end ---",
+                self.scenario,
+                self.config.describe(),
+                self.outcome.describe(Some(timeout(self.config.arch))),
+                self.log.display(),
+                self.command,
+                self.qemu_stderr.trim_end(),
+                self.log_text
+            );
+        }
+    }
+
+    pub fn require_outcome(&self, expected: Outcome) {
+        self.require(
+            self.outcome == expected,
+            &format!("expected {}", expected.describe(None)),
+        );
+    }
+
+    pub fn require_line(&self, needle: &str) {
+        self.require(
+            self.log_text.contains(needle),
+            &format!("serial log lacks `{needle}`"),
+        );
+    }
+
+    /// The rest of the first log line that starts with `prefix`.
+    pub fn line_after(&self, prefix: &str) -> &str {
+        let found = self
+            .log_text
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(prefix));
+        self.require(
+            found.is_some(),
+            &format!("no log line starts with `{prefix}`"),
+        );
+        found.unwrap_or_default()
+    }
+}
+
+/// Builds (once) and boots `arch` with `per_vma_lock` as configured and
+/// `kernel_args` on the command line; `name` labels the log file.
+pub fn run(arch: Arch, per_vma_lock: bool, name: &str, kernel_args: &str) -> ScenarioRun {
+    let config = KernelConfig {
+        arch,
+        board: Board::Malta,
+        release: std::env::var("SAMARA_TEST_RELEASE").is_ok_and(|v| v == "1"),
+        per_vma_lock,
+    };
+    let image = image(config).unwrap_or_else(|e| panic!("{e}"));
+    let choice = AccelChoice::from_env().unwrap_or_else(|e| panic!("{e}"));
+    let (accel, _) = qemu::choose_accel(arch, choice).unwrap_or_else(|e| panic!("{e}"));
+    let smp = env_or("SAMARA_TEST_SMP", "1");
+    let machine = Machine {
+        smp: smp
+            .parse()
+            .unwrap_or_else(|_| panic!("SAMARA_TEST_SMP={smp} is not a number")),
+        mem: qemu::parse_mem(&env_or("SAMARA_TEST_MEM", qemu::DEFAULT_MEM))
+            .unwrap_or_else(|e| panic!("SAMARA_TEST_MEM: {e}")),
+        accel,
+        gdb: false,
+    };
+    let log = xtask::output_dir()
+        .join("logs")
+        .join(format!("test-{}-{name}.log", config.slug()));
+    let report = qemu::run(&RunSpec {
+        arch,
+        image: &image,
+        kernel_args,
+        machine: &machine,
+        log: log.clone(),
+        timeout: Some(timeout(arch)),
+        echo: false,
+    })
+    .unwrap_or_else(|e| panic!("{name} ({}): {e}", config.describe()));
+    let log_text = std::fs::read_to_string(&log)
+        .unwrap_or_else(|e| panic!("cannot read serial log {}: {e}", log.display()))
+        .replace('\r', "");
+    ScenarioRun {
+        config,
+        scenario: name.to_string(),
+        outcome: report.outcome,
+        log_text,
+        log,
+        qemu_stderr: report.stderr,
+        command: report.command,
+    }
+}
+
+/// The banner every successful boot prints, for this configuration.
+fn require_banner(r: &ScenarioRun) {
+    r.require_line(&format!("Samara {}", env!("CARGO_PKG_VERSION")));
+    r.require_line(&format!("({}, ", r.config.arch));
+    r.require_line("  cpu:");
+    r.require_line("  memory:");
+    r.require_line(if r.config.per_vma_lock {
+        "per-vma-lock: compiled in, enabled"
+    } else {
+        "per-vma-lock: compiled out, disabled"
+    });
+}
+
+/// `test=boot`: boots, prints the banner, finds all of RAM reachable, exits
+/// with success.
+pub fn scenario_boot(arch: Arch, per_vma_lock: bool) {
+    let r = run(arch, per_vma_lock, "boot", "test=boot");
+    r.require_outcome(Outcome::Pass);
+    require_banner(&r);
+    r.require_line("cmdline:      \"test=boot\"");
+    r.require_line("samara: result: pass: test boot: booted");
+    r.require_line("samara: exit 0");
+}
+
+/// `test=pagefault`: the read of an unmapped kernel address is caught, and
+/// the decoded address and access type are the ones the kernel read.
+pub fn scenario_pagefault(arch: Arch, per_vma_lock: bool) {
+    let r = run(arch, per_vma_lock, "pagefault", "test=pagefault");
+    r.require_outcome(Outcome::Pass);
+    let addr = r
+        .line_after("test pagefault: reading unmapped kernel address ")
+        .trim()
+        .to_string();
+    r.require(
+        addr.starts_with("0x"),
+        "the probed address is printed in hex",
+    );
+    r.require_line(&format!("kernel fault: Read access to {addr} at pc "));
+    r.require_line("(not present, kernel mode");
+    r.require_line(&format!(
+        "samara: result: pass: test pagefault: caught not-present kernel read of {addr}"
+    ));
+    r.require_line("samara: exit 0");
+}
+
+/// `test=panic`: the panic message and location reach the console and QEMU
+/// exits with the failure status.
+pub fn scenario_panic(arch: Arch, per_vma_lock: bool) {
+    let r = run(arch, per_vma_lock, "panic", "test=panic");
+    r.require_outcome(Outcome::KernelFailure);
+    r.require_line("kernel panicked at kernel/src/main.rs:");
+    r.require_line("deliberate panic (test=panic)");
+    r.require_line("samara: result: fail: kernel panic");
+    r.require_line("samara: exit 1");
+}
+
+/// An unknown key is refused with the list of valid keys and a failure status.
+pub fn scenario_bad_args(arch: Arch, per_vma_lock: bool) {
+    let r = run(arch, per_vma_lock, "badargs", "test=boot frobnicate=1");
+    r.require_outcome(Outcome::KernelFailure);
+    r.require_line("bad kernel command line: unknown key `frobnicate`; valid keys: test=");
+    r.require_line("samara: exit 1");
+}

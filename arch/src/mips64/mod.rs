@@ -1,1 +1,48 @@
-//! MIPS64 (Cavium Octeon) support.
+//! MIPS64 (Cavium Octeon cores, big-endian n64) on two platforms, chosen
+//! at build time by the cargo feature `board-octeon` (xtask's `--board`):
+//!
+//! | platform | `board` module | console | memory | boot CPU | linked at |
+//! |----------|----------------|---------|--------|----------|-----------|
+//! | QEMU Malta (default) | [`malta`](board) | PIIX4 16550 | YAMON env | CPUNum 0 | 0xffff_ffff_8010_0000 |
+//! | Octeon boards | [`octeon`](board) | MIO UART0 | bootmem free list | a2 = 1 | 0xffff_ffff_8110_0000 |
+//!
+//! Everything else (exceptions, TLB, parking, paging, exit marker) is
+//! shared. A feature rather than a `--cfg` keeps the choice visible to cargo
+//! (separate build artifacts per platform, `cargo clippy --features`).
+//!
+//! Boot flow: the boot loader jumps to [`entry`]'s `_start` in CKSEG0 on
+//! every CPU at once. `_start` sets Status (64-bit addressing, interrupts
+//! off) and asks the board which CPU boots; the boot CPU takes the boot
+//! stack, clears BSS, installs the exception vectors ([`trap`]) and clears
+//! Status.BEV, then runs the board's `samara_mips_boot`: console, TLB reset,
+//! the parked CPUs, the boot data parsed by `boot::malta`/`boot::octeon`
+//! into a [`BootInfo`](::boot::BootInfo), and `samara_main`. Every other CPU
+//! parks itself in [`smp`] without touching the stack or memory the boot
+//! CPU is clearing.
+//!
+//! Address-space use (the CPU has 64-bit segments; Status.KX/UX are set):
+//!
+//! ```text
+//!   0x0000_0000_0000_0000 ..  xuseg (user, TLB mapped; empty until issue 6)
+//!   0x9800_0000_0000_0000 ..  XKPHYS cached: physical memory (phys_to_virt)
+//!   0xc000_0000_0000_0000 ..  XKSEG (kernel, TLB mapped; empty)
+//!   0xffff_ffff_8000_0000 ..  CKSEG0: the kernel image, unmapped, cached
+//!   0xffff_ffff_a000_0000 ..  CKSEG1: uncached physical 0..512 MiB (Malta UART)
+//! ```
+
+#[cfg_attr(feature = "board-octeon", path = "octeon/mod.rs")]
+#[cfg_attr(not(feature = "board-octeon"), path = "malta/mod.rs")]
+pub mod board;
+pub mod console;
+pub mod cp0;
+pub mod cpu;
+mod entry;
+pub mod exit;
+pub mod paging;
+pub mod smp;
+pub mod tlb;
+pub mod trap;
+pub mod uhi;
+
+/// The architecture's name as the banner prints it.
+pub const NAME: &str = "mips64";

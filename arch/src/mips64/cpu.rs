@@ -1,0 +1,140 @@
+//! CPU identification (PRId) and halting.
+
+use core::arch::asm;
+use core::fmt;
+
+use super::cp0;
+
+/// PRId fields: company (23:16), implementation (15:8), revision (7:0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prid(pub u32);
+
+impl Prid {
+    pub const fn company(self) -> u8 {
+        (self.0 >> 16) as u8
+    }
+    pub const fn implementation(self) -> u8 {
+        (self.0 >> 8) as u8
+    }
+    pub const fn revision(self) -> u8 {
+        self.0 as u8
+    }
+
+    /// The company's name, for the companies the MIPS world has assigned.
+    pub const fn company_name(self) -> &'static str {
+        match self.company() {
+            0x00 => "legacy (pre-MIPS32)",
+            0x01 => "MIPS Technologies",
+            0x02 => "Broadcom",
+            0x03 => "Alchemy",
+            0x04 => "SiByte",
+            0x05 => "SandCraft",
+            0x06 => "Philips",
+            0x07 => "Toshiba",
+            0x08 => "LSI Logic",
+            0x0b => "Lexra",
+            0x0c => "NetLogic",
+            0x0d => "Cavium",
+            0x14 => "Loongson",
+            0xe1 => "Ingenic",
+            _ => "unknown company",
+        }
+    }
+
+    /// The Cavium part and generation for a Cavium implementation number
+    /// (the numbers Linux's `cpu_probe_cavium` recognises).
+    pub const fn cavium_model(self) -> Option<(&'static str, &'static str)> {
+        if self.company() != 0x0d {
+            return None;
+        }
+        Some(match self.implementation() {
+            0x00 => ("CN38XX", "Octeon"),
+            0x01 => ("CN31XX", "Octeon"),
+            0x02 => ("CN30XX", "Octeon"),
+            0x03 => ("CN58XX", "Octeon+"),
+            0x04 => ("CN56XX", "Octeon+"),
+            0x06 => ("CN50XX", "Octeon+"),
+            0x07 => ("CN52XX", "Octeon+"),
+            0x90 => ("CN63XX", "Octeon II"),
+            0x91 => ("CN68XX", "Octeon II"),
+            0x92 => ("CN66XX", "Octeon II"),
+            0x93 => ("CN61XX", "Octeon II"),
+            0x94 => ("CNF71XX", "Octeon II"),
+            0x95 => ("CN78XX", "Octeon III"),
+            0x96 => ("CN70XX", "Octeon III"),
+            0x97 => ("CN73XX", "Octeon III"),
+            0x98 => ("CNF75XX", "Octeon III"),
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Prid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.cavium_model() {
+            Some((part, generation)) => write!(f, "Cavium {generation} {part}")?,
+            None => write!(
+                f,
+                "{} implementation {:#04x}",
+                self.company_name(),
+                self.implementation()
+            )?,
+        }
+        write!(
+            f,
+            " (PRId {:#010x}: company {:#04x}, implementation {:#04x}, revision {:#04x})",
+            self.0,
+            self.company(),
+            self.implementation(),
+            self.revision()
+        )
+    }
+}
+
+/// What the banner prints about the boot CPU.
+pub struct Description {
+    pub prid: Prid,
+    /// TLB entries found working at boot.
+    pub tlb_entries: usize,
+    /// TLB entries the Config registers advertise.
+    pub tlb_advertised: usize,
+}
+
+impl fmt::Display for Description {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}, {} TLB entries", self.prid, self.tlb_entries)?;
+        if self.tlb_advertised != self.tlb_entries {
+            write!(f, " ({} advertised)", self.tlb_advertised)?;
+        }
+        Ok(())
+    }
+}
+
+/// The boot CPU as the banner prints it: decoded PRId (raw value included)
+/// and the TLB size found at boot.
+pub fn description() -> Description {
+    Description {
+        prid: Prid(cp0::prid() as u32),
+        tlb_entries: super::tlb::entries(),
+        tlb_advertised: super::tlb::advertised_entries(),
+    }
+}
+
+/// This CPU's number (EBase.CPUNum).
+pub fn id() -> u32 {
+    cp0::cpu_num()
+}
+
+/// Stops this CPU with interrupts off. `wait` with IE clear sleeps until an
+/// interrupt is pending even though it will not be taken; the loop covers
+/// that wake-up.
+pub fn halt_forever() -> ! {
+    // SAFETY: clearing IE only masks interrupts; nothing on this CPU runs
+    // again, so no code depends on them.
+    unsafe { cp0::set_status(cp0::status() & !cp0::status::IE) };
+    loop {
+        // SAFETY: `wait` idles the pipeline until an interrupt is pending; it
+        // has no other architectural effect.
+        unsafe { asm!("wait", options(nomem, nostack, preserves_flags)) };
+    }
+}

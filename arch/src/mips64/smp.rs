@@ -1,0 +1,164 @@
+//! Secondary CPUs: parking at boot, and releasing them later.
+//!
+//! With `-smp N`, QEMU's Malta starts every CPU at the kernel entry point at
+//! once (there is no CPS/CM on Octeon68XX and no boot ROM spin table); on
+//! Octeon boards U-Boot starts every core of the core mask there, with
+//! a2 = 0 on all but the boot core. The entry code ([`super::entry`]) sends
+//! every CPU but the boot CPU here before it touches the stack or BSS,
+//! entirely in assembly:
+//!
+//! 1. it sets its bit in [`CPUS_PRESENT`] (an `lld`/`scd` OR);
+//! 2. it points its own EBase at the parking vectors, arms its Count/Compare
+//!    timer and enables only that interrupt (IM7 + IE);
+//! 3. it loops: load its [`ReleaseSlot::pc`]; if zero, `wait`. The timer
+//!    wakes it every [`PARK_TICK`] counts; the parking vector's only job is
+//!    to re-arm Compare (which acknowledges the interrupt) and `eret`.
+//!
+//! Malta has no inter-processor interrupts (the i8259 reaches CPU 0 only),
+//! so polling on a timer tick is the only way to wake a parked CPU; `wait`
+//! keeps the idle CPUs from burning host time under TCG meanwhile. Octeon
+//! has mailbox IPIs in the CIU, but they need the CIU set up per core; the
+//! Count/Compare timer (IP7, as Linux's Octeon clockevent uses it) works on
+//! every cnMIPS core as it is, so both platforms share this mechanism.
+//!
+//! CPUs numbered `MAX_CPUS` or above never announce themselves and sleep in
+//! `wait` with interrupts off forever.
+//!
+//! Both statics live in `.data`, not `.bss`: secondaries use them while the
+//! boot CPU is still clearing BSS.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use super::cp0;
+
+/// Most CPUs Samara drives (matches `mm::cpu::MAX_CPUS`).
+pub const MAX_CPUS: usize = 64;
+
+/// Count ticks between two polls of a parked CPU (about 6.5 ms at QEMU
+/// Malta's 160 MHz Count rate; shorter on real Octeons, whose Count runs at
+/// the core clock).
+pub const PARK_TICK: u64 = 1 << 20;
+
+/// One parked CPU's mailbox. The releasing CPU fills `sp` and `arg`, then
+/// publishes `pc`; the parked CPU reads `pc`, then the rest.
+#[repr(C)]
+pub struct ReleaseSlot {
+    /// Where the CPU jumps; 0 while it should stay parked.
+    pub pc: AtomicU64,
+    /// Its initial stack pointer (16-byte aligned top of stack).
+    pub sp: AtomicU64,
+    /// Passed in a0; a1 carries the CPU number.
+    pub arg: AtomicU64,
+    _pad: u64,
+}
+
+const _: () = assert!(
+    core::mem::size_of::<ReleaseSlot>() == 32,
+    "entry.rs indexes slots by cpu << 5"
+);
+
+/// The mailboxes, indexed by EBase.CPUNum. Read by the parking loop in
+/// `entry.rs` (offsets 0, 8, 16).
+#[unsafe(export_name = "samara_mips_release")]
+#[unsafe(link_section = ".data.samara_smp")]
+pub static RELEASE: [ReleaseSlot; MAX_CPUS] = [const {
+    ReleaseSlot {
+        pc: AtomicU64::new(0),
+        sp: AtomicU64::new(0),
+        arg: AtomicU64::new(0),
+        _pad: 0,
+    }
+}; MAX_CPUS];
+
+/// Bit n is set once CPU n has parked. Written by the secondaries' `scd`
+/// followed by `sync` in `entry.rs`; that `sync` pairs with the Acquire
+/// loads in [`present_mask`].
+#[unsafe(export_name = "samara_mips_cpus_present")]
+#[unsafe(link_section = ".data.samara_smp")]
+pub static CPUS_PRESENT: AtomicU64 = AtomicU64::new(0);
+
+/// The CPUs parked so far, as a bit mask (the boot CPU is not included).
+pub fn present_mask() -> u64 {
+    CPUS_PRESENT.load(Ordering::Acquire)
+}
+
+/// Waits until the set of parked CPUs has been stable for `stable` Count
+/// ticks, but no longer than `limit` ticks, and returns the number of CPUs
+/// including the boot CPU. The Malta protocol does not say how many CPUs
+/// exist; under TCG the secondaries may not have run their first
+/// instructions when the boot CPU gets here.
+pub fn count_cpus(stable: u64, limit: u64) -> u32 {
+    let start = cp0::count();
+    let mut last = present_mask();
+    let mut last_change = start;
+    loop {
+        let now = cp0::count();
+        let mask = present_mask();
+        if mask != last {
+            last = mask;
+            last_change = now;
+        }
+        // Count is 32 bits wide and wraps; differences are taken modulo 2^32.
+        let since_change = now.wrapping_sub(last_change) & 0xffff_ffff;
+        let since_start = now.wrapping_sub(start) & 0xffff_ffff;
+        if since_change >= stable || since_start >= limit {
+            return 1 + last.count_ones();
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// Waits until every CPU of `expected` has parked, but no longer than
+/// `limit` Count ticks, and returns the CPUs that parked. For boot
+/// protocols that say which CPUs they started (Octeon's core mask).
+pub fn wait_for(expected: u64, limit: u64) -> u64 {
+    let start = cp0::count();
+    loop {
+        let mask = present_mask();
+        // Count is 32 bits wide and wraps; differences are taken modulo 2^32.
+        if mask & expected == expected || cp0::count().wrapping_sub(start) & 0xffff_ffff >= limit {
+            return mask;
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// Why a CPU could not be released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartError {
+    /// The CPU never parked (absent, or numbered >= [`MAX_CPUS`]).
+    NotPresent(u32),
+    /// It was released before.
+    AlreadyStarted(u32),
+}
+
+/// Releases parked CPU `cpu`: it disables interrupts, loads `stack_top` into
+/// sp and jumps to `entry(arg, cpu)`. Its EBase still points at the parking
+/// vectors: the entry must call [`super::trap::init`] and
+/// [`super::tlb::init`] before anything can fault.
+///
+/// # Safety
+/// `stack_top` must be the 16-byte-aligned top of a stack that nothing else
+/// uses, valid for as long as the CPU runs on it, and `entry` must not
+/// return (it has nowhere to return to).
+pub unsafe fn start_secondary(
+    cpu: u32,
+    entry: extern "C" fn(arg: u64, cpu: u64) -> !,
+    stack_top: u64,
+    arg: u64,
+) -> Result<(), StartError> {
+    let idx = cpu as usize;
+    if idx >= MAX_CPUS || present_mask() & (1 << idx) == 0 {
+        return Err(StartError::NotPresent(cpu));
+    }
+    let slot = &RELEASE[idx];
+    if slot.pc.load(Ordering::Relaxed) != 0 {
+        return Err(StartError::AlreadyStarted(cpu));
+    }
+    slot.sp.store(stack_top, Ordering::Relaxed);
+    slot.arg.store(arg, Ordering::Relaxed);
+    // Release: orders the stores above before `pc`. Pairs with the `sync`
+    // the parked CPU executes after it sees `pc != 0` (entry.rs).
+    slot.pc.store(entry as usize as u64, Ordering::Release);
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! CPU identification (CPUID) and halting.
+
+use core::arch::x86_64::__cpuid;
+use core::fmt;
+
+/// What CPUID says about the boot CPU: vendor, family/model/stepping and
+/// the brand string when the CPU has one.
+pub struct Description {
+    vendor: [u8; 12],
+    family: u32,
+    model: u32,
+    stepping: u32,
+    brand: [u8; 48],
+}
+
+/// Reads CPUID leaves 0, 1 and 0x8000_0002..4.
+pub fn description() -> Description {
+    let l0 = __cpuid(0);
+    let mut vendor = [0u8; 12];
+    vendor[0..4].copy_from_slice(&l0.ebx.to_le_bytes());
+    vendor[4..8].copy_from_slice(&l0.edx.to_le_bytes());
+    vendor[8..12].copy_from_slice(&l0.ecx.to_le_bytes());
+    let (mut family, mut model, mut stepping) = (0, 0, 0);
+    if l0.eax >= 1 {
+        let eax = __cpuid(1).eax;
+        // SDM vol. 2A, CPUID leaf 1: the extended family adds to the base
+        // family only when the base is 0xf; the extended model prefixes the
+        // model for families 6 and 0xf.
+        let base_family = (eax >> 8) & 0xf;
+        let base_model = (eax >> 4) & 0xf;
+        stepping = eax & 0xf;
+        family = base_family;
+        if base_family == 0xf {
+            family += (eax >> 20) & 0xff;
+        }
+        model = base_model;
+        if base_family == 0x6 || base_family == 0xf {
+            model |= ((eax >> 16) & 0xf) << 4;
+        }
+    }
+    let mut brand = [0u8; 48];
+    if __cpuid(0x8000_0000).eax >= 0x8000_0004 {
+        for (i, leaf) in (0x8000_0002u32..=0x8000_0004).enumerate() {
+            let r = __cpuid(leaf);
+            for (j, reg) in [r.eax, r.ebx, r.ecx, r.edx].into_iter().enumerate() {
+                let at = i * 16 + j * 4;
+                brand[at..at + 4].copy_from_slice(&reg.to_le_bytes());
+            }
+        }
+    }
+    Description {
+        vendor,
+        family,
+        model,
+        stepping,
+        brand,
+    }
+}
+
+impl fmt::Display for Description {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let vendor = core::str::from_utf8(&self.vendor).unwrap_or("?");
+        write!(
+            f,
+            "{vendor} family {:#x} model {:#x} stepping {}",
+            self.family, self.model, self.stepping
+        )?;
+        let len = self
+            .brand
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.brand.len());
+        if let Ok(brand) = core::str::from_utf8(&self.brand[..len]) {
+            let brand = brand.trim();
+            if !brand.is_empty() {
+                write!(f, " \"{brand}\"")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether the CPU can map 1 GiB pages (CPUID 0x8000_0001 EDX bit 26).
+pub fn has_1g_pages() -> bool {
+    __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).edx & (1 << 26) != 0
+}
+
+/// Stops this CPU for good: interrupts off, then `hlt` in a loop (an NMI
+/// would wake `hlt`, hence the loop).
+pub fn halt_forever() -> ! {
+    x86_64::instructions::interrupts::disable();
+    loop {
+        x86_64::instructions::hlt();
+    }
+}

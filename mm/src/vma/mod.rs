@@ -1,0 +1,3 @@
+//! Virtual memory areas: their locks, and (soon) the VMAs themselves.
+
+pub mod lock;

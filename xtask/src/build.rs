@@ -1,0 +1,262 @@
+//! Building the kernel for one configuration (arch x profile x features).
+//!
+//! Kernel builds use their own target directory, `target/kernel/`, so that
+//! host builds (xtask, host tests, clippy) and kernel builds never invalidate
+//! each other, and so that a kernel build started from inside `cargo test`
+//! (the `qemu-tests` integration tests) never waits on the lock of the
+//! target directory that the outer cargo holds. Each finished image is copied
+//! to `target/samara/<config>/samara.elf`, so images of different
+//! configurations exist side by side.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::{output_dir, workspace_root, Arch, Board, Error, Result};
+
+/// The MIPS64 target spec (Octeon, n64, big endian, soft-float, os = none).
+pub const MIPS64_TARGET_SPEC: &str = "linker/mips64-samara-none.json";
+
+/// One kernel configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KernelConfig {
+    pub arch: Arch,
+    /// The MIPS64 platform (cargo feature `board-octeon` for Octeon);
+    /// always [`Board::Malta`] on x86_64.
+    pub board: Board,
+    pub release: bool,
+    /// Build with the `per-vma-lock` feature (the default).
+    pub per_vma_lock: bool,
+}
+
+impl KernelConfig {
+    /// "x86_64, debug, per-vma-lock on"; "mips64 (octeon), ..." for boards.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}{}, {}, per-vma-lock {}",
+            self.arch,
+            if self.board == Board::Octeon {
+                " (octeon)"
+            } else {
+                ""
+            },
+            self.profile(),
+            if self.per_vma_lock { "on" } else { "off" }
+        )
+    }
+
+    /// A file-name-safe name: "x86_64-debug-pvl", "mips64-release-nopvl",
+    /// "mips64-octeon-debug-pvl".
+    pub fn slug(&self) -> String {
+        format!(
+            "{}{}-{}-{}",
+            self.arch,
+            if self.board == Board::Octeon {
+                "-octeon"
+            } else {
+                ""
+            },
+            self.profile(),
+            if self.per_vma_lock { "pvl" } else { "nopvl" }
+        )
+    }
+
+    fn profile(&self) -> &'static str {
+        if self.release {
+            "release"
+        } else {
+            "debug"
+        }
+    }
+
+    /// The target directory of all kernel builds.
+    pub fn target_dir() -> PathBuf {
+        workspace_root().join("target").join("kernel")
+    }
+
+    /// The name cargo uses for the target's output directory.
+    fn target_name(&self) -> &'static str {
+        match self.arch {
+            Arch::X86_64 => "x86_64-unknown-none",
+            // Cargo names a JSON target's directory after the file stem.
+            Arch::Mips64 => "mips64-samara-none",
+        }
+    }
+
+    /// Where [`KernelConfig::build`] leaves the image.
+    pub fn image_path(&self) -> PathBuf {
+        output_dir().join(self.slug()).join("samara.elf")
+    }
+
+    /// A `cargo <subcommand>` (build, clippy, check) of the kernel binary for
+    /// this configuration, with every flag the target needs.
+    pub fn cargo(&self, subcommand: &str) -> Command {
+        let root = workspace_root();
+        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cmd.current_dir(&root)
+            .env_remove("CARGO_TARGET_DIR")
+            .arg(subcommand);
+        match self.arch {
+            Arch::X86_64 => {
+                cmd.args(["--target", "x86_64-unknown-none"]);
+            }
+            Arch::Mips64 => {
+                // MIPS64 has no built-in bare-metal target, so the kernel is
+                // built from a custom target spec with core/alloc compiled by
+                // build-std. Both are unstable cargo/rustc features; like
+                // Rust-for-Linux, Samara uses them on a pinned stable
+                // toolchain by setting RUSTC_BOOTSTRAP=1 for this one child
+                // process only (never in the user's shell, never for host
+                // crates). Since 1.9x, cargo also wants -Zjson-target-spec
+                // before it accepts a `.json` target.
+                cmd.env("RUSTC_BOOTSTRAP", "1");
+                cmd.args([
+                    "-Z",
+                    "build-std=core,alloc",
+                    "-Z",
+                    "build-std-features=compiler-builtins-mem",
+                    "-Z",
+                    "json-target-spec",
+                    "--target",
+                ]);
+                cmd.arg(root.join(MIPS64_TARGET_SPEC));
+            }
+        }
+        cmd.args(["-p", "kernel", "--bin", "samara", "--target-dir"]);
+        cmd.arg(Self::target_dir());
+        if self.release {
+            cmd.arg("--release");
+        }
+        if !self.per_vma_lock {
+            cmd.arg("--no-default-features");
+        }
+        if self.board == Board::Octeon {
+            cmd.args(["--features", "board-octeon"]);
+        }
+        cmd
+    }
+
+    /// Builds the kernel and returns the path of its image. With `quiet`,
+    /// cargo's output is captured and only shown (its tail) in the error.
+    pub fn build(&self, quiet: bool) -> Result<PathBuf> {
+        let mut cmd = self.cargo("build");
+        let status = if quiet {
+            let out = cmd
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Err(Error::new(format!(
+                    "kernel build failed ({}):\n{}",
+                    self.describe(),
+                    tail.join("\n")
+                )));
+            }
+            out.status
+        } else {
+            cmd.status()
+                .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?
+        };
+        if !status.success() {
+            return Err(Error::new(format!(
+                "kernel build failed ({}): cargo exited with {status}",
+                self.describe()
+            )));
+        }
+        let built = Self::target_dir()
+            .join(self.target_name())
+            .join(self.profile())
+            .join("samara");
+        let image = self.image_path();
+        if let Some(dir) = image.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::new(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        std::fs::copy(&built, &image).map_err(|e| {
+            Error::new(format!(
+                "cannot copy {} to {}: {e}",
+                built.display(),
+                image.display()
+            ))
+        })?;
+        Ok(image)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(c: &KernelConfig) -> Vec<String> {
+        c.cargo("build")
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn x86_64_build_uses_builtin_target_and_features() {
+        let c = KernelConfig {
+            arch: Arch::X86_64,
+            board: Board::Malta,
+            release: true,
+            per_vma_lock: false,
+        };
+        let a = args(&c);
+        assert!(a
+            .windows(2)
+            .any(|w| w == ["--target", "x86_64-unknown-none"]));
+        assert!(a.contains(&"--release".to_string()));
+        assert!(a.contains(&"--no-default-features".to_string()));
+        assert!(!a.iter().any(|x| x.contains("build-std")));
+        let cmd = c.cargo("build");
+        assert!(!cmd.get_envs().any(|(k, _)| k == "RUSTC_BOOTSTRAP"));
+        assert_eq!(c.slug(), "x86_64-release-nopvl");
+        assert!(c
+            .image_path()
+            .ends_with("target/samara/x86_64-release-nopvl/samara.elf"));
+    }
+
+    #[test]
+    fn mips64_build_sets_bootstrap_only_on_the_child() {
+        let c = KernelConfig {
+            arch: Arch::Mips64,
+            board: Board::Malta,
+            release: false,
+            per_vma_lock: true,
+        };
+        let cmd = c.cargo("clippy");
+        let envs: Vec<_> = cmd.get_envs().collect();
+        assert!(envs
+            .iter()
+            .any(|(k, v)| *k == "RUSTC_BOOTSTRAP" && v.is_some_and(|v| v == "1")));
+        let a: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(a[0], "clippy");
+        assert!(a.contains(&"build-std=core,alloc".to_string()));
+        assert!(a.contains(&"json-target-spec".to_string()));
+        assert!(a.iter().any(|x| x.ends_with(MIPS64_TARGET_SPEC)));
+        assert!(!a.contains(&"--no-default-features".to_string()));
+        assert!(!a.contains(&"board-octeon".to_string()));
+        assert_eq!(c.slug(), "mips64-debug-pvl");
+    }
+
+    #[test]
+    fn octeon_build_selects_the_board_feature() {
+        let c = KernelConfig {
+            arch: Arch::Mips64,
+            board: Board::Octeon,
+            release: true,
+            per_vma_lock: false,
+        };
+        let a = args(&c);
+        assert!(a.windows(2).any(|w| w == ["--features", "board-octeon"]));
+        assert!(a.contains(&"--no-default-features".to_string()));
+        assert_eq!(c.slug(), "mips64-octeon-release-nopvl");
+        assert_eq!(c.describe(), "mips64 (octeon), release, per-vma-lock off");
+    }
+}
