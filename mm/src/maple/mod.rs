@@ -158,6 +158,35 @@ pub struct MapleRange<E> {
 }
 
 /// The tree. Shared by reference between the writer and lockless readers.
+///
+/// ```
+/// # use core::num::NonZeroU64;
+/// # use mm::maple::{MapleTree, RcuNodeAlloc};
+/// # use mm::rcu::Rcu;
+/// let v = |x| NonZeroU64::new(x).unwrap();
+/// let rcu = Rcu::new();
+/// let mut cpu = rcu.register_cpu(0).unwrap();
+/// // SAFETY: every read guard used on this tree comes from `rcu`.
+/// let tree = MapleTree::new(unsafe { RcuNodeAlloc::new(&rcu) });
+/// {
+///     // Writers: serialised (in the kernel, under the mmap write lock).
+///     let mut w = tree.write(cpu.id());
+///     w.store_range(0x7000_0000, 0x7000_ffff, v(1))?;
+///     w.store_range(0x7000_4000, 0x7000_4fff, v(2))?; // splits range 1
+///     // Top-down placement of 64 KiB below 0x8000_0000.
+///     let a = w.find_gap_highest(0x1_0000, 0x1000, 0, 0x7fff_ffff)?;
+///     assert_eq!(a, 0x7fff_0000);
+/// }
+/// {
+///     // Readers: lockless, under an RCU read guard.
+///     let g = cpu.read_lock();
+///     assert_eq!(tree.load(&g, 0x7000_4800), Some(v(2)));
+///     let r = tree.next(&g, 0x7000_4800).unwrap();
+///     assert_eq!((r.first, r.last, r.entry), (0x7000_5000, 0x7000_ffff, v(1)));
+/// }
+/// cpu.quiescent_state(); // replaced nodes are freed after grace periods
+/// # Ok::<(), mm::maple::MapleError>(())
+/// ```
 pub struct MapleTree<E: MapleEntry, A: NodeAlloc> {
     /// Encoded root node ([`node::Enode`]) or null when empty. Stored with
     /// Release by the writer (publication); loaded with Acquire by readers.
