@@ -403,16 +403,18 @@ fn out_of_memory_changes_nothing() {
 }
 
 #[test]
-fn one_retire_batch_per_write_and_no_leaks() {
+fn one_retire_batch_per_writer_and_no_leaks() {
     let a = DeferredFree::new();
     {
         let t: Tree = MapleTree::new(&a);
-        let mut w = t.write(0);
         let mut rng = Rng::new(5);
+        // One writer per store: at most one batch each, when it is dropped.
         for k in 0..3000u64 {
             let before = a.stats();
             let f = rng.range(0, 100_000);
-            w.store_range(f, f + rng.range(0, 50), nz(k + 1)).unwrap();
+            t.write(0)
+                .store_range(f, f + rng.range(0, 50), nz(k + 1))
+                .unwrap();
             let after = a.stats();
             let retired = after.retired - before.retired;
             let batches = after.batches - before.batches;
@@ -423,6 +425,32 @@ fn one_retire_batch_per_write_and_no_leaks() {
             );
             assert!(batches <= 1);
         }
+        // Many writes under one writer share batches: only full ones go
+        // out early, the rest when the writer is dropped.
+        let before = a.stats();
+        let mut w = t.write(0);
+        for k in 0..200u64 {
+            let f = rng.range(0, 100_000);
+            w.store_range(f, f + rng.range(0, 50), nz(k + 1)).unwrap();
+        }
+        let during = a.stats();
+        let early = during.retired - before.retired;
+        assert_eq!(
+            early % RETIRE_BATCH,
+            0,
+            "only full batches before the writer goes"
+        );
+        assert_eq!(during.batches - before.batches, early / RETIRE_BATCH);
+        drop(w);
+        let after = a.stats();
+        let retired = after.retired - before.retired;
+        assert!(retired >= 200, "every store replaced at least a leaf");
+        assert_eq!(
+            after.batches - before.batches,
+            retired.div_ceil(RETIRE_BATCH)
+        );
+
+        let mut w = t.write(0);
         let s = w.validate().unwrap();
         let st = a.stats();
         // Live nodes: the tree, the spares, and retired nodes awaiting the
@@ -431,6 +459,7 @@ fn one_retire_batch_per_write_and_no_leaks() {
         // A huge span retires thousands of nodes in full batches.
         let before = a.stats();
         w.erase_range(0, u64::MAX).unwrap();
+        drop(w);
         let after = a.stats();
         assert_eq!(after.retired - before.retired, s.nodes());
         assert_eq!(

@@ -39,8 +39,10 @@
 //!   gap searches under the writer lock) and (c) parent words of children
 //!   that a new parent adopts (Relaxed; see [`Node`]).
 //! - **Dead nodes.** After publishing, the writer marks every replaced node
-//!   dead (parent word = own address, Release store) and passes them in one
-//!   batch to [`NodeAlloc::retire`], which frees them after a grace period.
+//!   dead (parent word = own address, Release store) and passes them in
+//!   batches to [`NodeAlloc::retire`], which frees them after a grace
+//!   period: one batch per [`MapleWriter`] (flushed when it is dropped), or
+//!   per [`RETIRE_BATCH`] nodes.
 //!   A reader checks the node it just read from (Acquire load of the parent
 //!   word) before it acts on what it read; if the node is dead it re-walks
 //!   from the root, and by the Release/Acquire pair the re-walk sees the
@@ -443,6 +445,14 @@ impl<E: MapleEntry, A: NodeAlloc> MapleWriter<'_, E, A> {
     #[doc(hidden)]
     pub fn inject_publish_before_fill(&mut self, on: bool) {
         self.st.publish_before_fill = on;
+    }
+}
+
+impl<E: MapleEntry, A: NodeAlloc> Drop for MapleWriter<'_, E, A> {
+    /// Queues the nodes retired by this writer's operations for freeing
+    /// (one [`NodeAlloc::retire`] call), then releases the writer lock.
+    fn drop(&mut self) {
+        self.ctx().flush_retired();
     }
 }
 

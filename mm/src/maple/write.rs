@@ -48,9 +48,10 @@ use super::MapleError;
 use crate::cpu::CpuId;
 use crate::sync::{AtomicPtr, Ordering};
 
-/// Nodes per [`NodeAlloc::retire`] call. A write normally retires a few
-/// nodes and makes one call; a store spanning thousands of ranges makes one
-/// call per this many nodes.
+/// Nodes per [`NodeAlloc::retire`] call. The writes made under one
+/// `MapleWriter` normally retire a few nodes and make one call when it is
+/// dropped; a store spanning thousands of ranges makes one call per this
+/// many nodes.
 pub const RETIRE_BATCH: usize = 64;
 /// Worst-case nodes one write needs: 3 per depth and a new root.
 const RESERVE_MAX: usize = 3 * MAX_HEIGHT + 1;
@@ -363,7 +364,12 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
         }
     }
 
-    fn flush_retired(&mut self) {
+    /// Hands the retired nodes collected so far to the allocator: one
+    /// deferred free for all of them. Called when the batch is full and
+    /// when the writer lock is released, so all the writes made under one
+    /// `MapleWriter` (an `munmap` that splits and erases, say) share one
+    /// RCU callback.
+    pub(crate) fn flush_retired(&mut self) {
         if self.st.nretired == 0 {
             return;
         }
@@ -451,7 +457,6 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
             return Err(MapleError::InvalidRange);
         }
         let res = self.store_inner(first, last, val);
-        self.flush_retired();
         let alloc = self.alloc;
         self.st.shrink_reserve(alloc, RESERVE_KEEP);
         res
