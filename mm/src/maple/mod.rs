@@ -72,7 +72,9 @@ use crate::cpu::CpuId;
 use crate::sync::{AtomicPtr, Ordering, SpinLock, SpinLockGuard};
 
 #[cfg(any(test, feature = "std", loom))]
-pub use self::alloc::{AllocCounters, AllocStats, DeferredFree, FailingAlloc, RcuNodeAlloc};
+pub use self::alloc::{
+    AllocCounters, AllocStats, DeferredFree, FailingAlloc, NodePool, RcuNodeAlloc,
+};
 pub use self::alloc::{NoReclaim, NodeAlloc};
 pub use self::node::{
     Node, INTERNAL_MIN, INTERNAL_SLOTS, LEAF_MIN, LEAF_SLOTS, MAX_HEIGHT, NODE_SIZE,
