@@ -12,14 +12,15 @@ pub const LEAF_SLOTS: usize = 16;
 pub const INTERNAL_SLOTS: usize = 10;
 /// Fewest slots a non-root leaf holds (Linux: `mt_min_slots[maple_leaf_64]`).
 pub const LEAF_MIN: usize = 6;
-/// Fewest children a non-root internal node holds.
-pub const INTERNAL_MIN: usize = 3;
-/// Bound on the tree height. Each of the at most 2^64 keys belongs to one
-/// range, non-root leaves hold >= 6 ranges, non-root internal nodes >= 3
-/// children and an internal root >= 2, so a tree of height `h` has at least
-/// `2 * 3^(h-2)` leaves and at most `2^64 / 6`: `h <= 40`. One more level
-/// exists transiently while the root splits.
-pub const MAX_HEIGHT: usize = 41;
+/// Fewest children a non-root internal node holds (Linux:
+/// `mt_min_slots[maple_arange_64]`).
+pub const INTERNAL_MIN: usize = 4;
+/// Bound on the tree height, from the key width. Each of the at most 2^64
+/// keys belongs to one slot, non-root leaves hold >= 6 slots, non-root
+/// internal nodes >= 4 children and an internal root >= 2, so a tree of
+/// height `h` has at least `2 * 4^(h-2)` leaves and at most `2^64 / 6`:
+/// `h <= 32`. One more level exists transiently while the root splits.
+pub const MAX_HEIGHT: usize = 33;
 
 const LEAF_PIVOTS: usize = LEAF_SLOTS - 1;
 const INTERNAL_PIVOTS: usize = INTERNAL_SLOTS - 1;

@@ -57,8 +57,10 @@ pub const RETIRE_BATCH: usize = 64;
 const RESERVE_MAX: usize = 3 * MAX_HEIGHT + 1;
 /// Spare nodes kept between writes (the rest go back to the allocator).
 const RESERVE_KEEP: usize = 4;
-/// Items at one depth: <= 16 + 1 + 16 leaf slots; <= 21 children.
-const ITEMS_MAX: usize = 40;
+/// Items at one depth: <= 16 + 1 + 16 leaf slots (two truncated leaves
+/// and the new slot; a neighbour is added only below 6); <= 9 + 3 + 9
+/// children.
+const ITEMS_MAX: usize = 33;
 
 /// One slot of a node under construction: its last key, its word (entry or
 /// encoded child) and, for children, the child's largest gap.
@@ -291,10 +293,19 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
 
     /// The slot holding `index`: `(first, last, word)`.
     fn range_at(&self, root: Enode, index: u64) -> (u64, u64, *mut u8) {
-        let mut p = Path::new();
-        let leaf = self.st.height - 1;
-        self.walk(&mut p, root, leaf, index);
-        let lv = p.lv[leaf];
+        let mut lv = Level {
+            node: root,
+            off: 0,
+            min: 0,
+            max: u64::MAX,
+        };
+        loop {
+            lv.off = self.node(lv.node).find_slot(lv.node.kind(), index);
+            if lv.node.kind() == Kind::Leaf {
+                break;
+            }
+            lv = self.child_level(lv, lv.off);
+        }
         let n = self.node(lv.node);
         (
             n.slot_first(lv.off, lv.min),
@@ -322,12 +333,10 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
     }
 
     fn prepend_all(&self, items: &mut Items, lv: Level) {
-        let mut front = Items::new();
-        self.read_all(&mut front, lv);
-        for it in items.as_slice() {
-            front.push(*it);
-        }
-        *items = front;
+        let old = items.len;
+        self.read_all(items, lv);
+        // Rotate the appended slots to the front.
+        items.buf[..items.len].rotate_right(items.len - old);
     }
 
     fn reserve(&mut self, need: usize) -> Result<(), MapleError> {
@@ -462,49 +471,93 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
         res
     }
 
-    fn store_inner(
-        &mut self,
-        mut first: u64,
-        mut last: u64,
-        val: *mut u8,
-    ) -> Result<(), MapleError> {
+    fn store_inner(&mut self, first: u64, last: u64, val: *mut u8) -> Result<(), MapleError> {
         // Relaxed: the writer lock orders this after earlier writes.
         let Some(root) = Enode::from_word(self.root.load(Ordering::Relaxed)) else {
             return self.store_empty(first, last, val);
         };
+        let mut lp = Path::new();
+        let mut rp = Path::new();
+        let mut items = Items::new();
+        let Some((front, single)) =
+            self.leaf_run(root, first, last, val, &mut lp, &mut rp, &mut items)
+        else {
+            // Erasing what is already empty changes nothing.
+            return Ok(());
+        };
+        // The common case replaces one leaf by one leaf. Anything else is
+        // planned by a dry run of the rebuild, which counts the nodes it
+        // would take (at most 3 per depth plus a new root). The dry run
+        // consumes the paths and items; they are cheap to compute again,
+        // cheaper in stack than copies.
+        let need = if single && (LEAF_MIN..=LEAF_SLOTS).contains(&items.len) {
+            1
+        } else {
+            self.dry = true;
+            self.planned = 0;
+            self.rebuild(root, &mut lp, &mut rp, &mut items, front, single);
+            self.dry = false;
+            items.clear();
+            let again = self.leaf_run(root, first, last, val, &mut lp, &mut rp, &mut items);
+            debug_assert_eq!(again, Some((front, single)));
+            self.planned
+        };
+        self.reserve(need)?;
+        // Nothing has changed so far; from here on nothing can fail.
+        let spare = self.st.nreserve;
+        self.rebuild(root, &mut lp, &mut rp, &mut items, front, single);
+        debug_assert_eq!(
+            spare - self.st.nreserve,
+            need,
+            "maple: the plan was not exact"
+        );
+        Ok(())
+    }
+
+    /// Walks to the leaves holding `first` and `last` (widened over empty
+    /// neighbours for an erase) and collects the leaf depth's new contents
+    /// into `items`: returns where the new slot is in them and whether both
+    /// ends are in one leaf, or `None` if an erase would change nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn leaf_run(
+        &self,
+        root: Enode,
+        mut first: u64,
+        mut last: u64,
+        val: *mut u8,
+        lp: &mut Path,
+        rp: &mut Path,
+        items: &mut Items,
+    ) -> Option<(usize, bool)> {
         let h = self.st.height;
         let leaf = h - 1;
-        let mut lp = Path::new();
-        self.walk(&mut lp, root, leaf, first);
+        self.walk(lp, root, leaf, first);
         if val.is_null() {
             // Empty ranges never touch: absorb the empty neighbours.
-            first = self.extend_empty_left(&mut lp, root, first);
+            first = self.extend_empty_left(lp, root, first);
         }
-        let mut rp = Path::new();
         if last <= lp.lv[leaf].max {
             // Same leaf, same path.
             rp.lv[..h].copy_from_slice(&lp.lv[..h]);
             let b = &mut rp.lv[leaf];
             b.off = self.node(b.node).find_slot(Kind::Leaf, last);
         } else {
-            self.walk(&mut rp, root, leaf, last);
+            self.walk(rp, root, leaf, last);
         }
         if val.is_null() {
-            last = self.extend_empty_right(&mut rp, root, last);
+            last = self.extend_empty_right(rp, root, last);
         }
         let (a, b) = (lp.lv[leaf], rp.lv[leaf]);
         let single = a.node == b.node;
-        if val.is_null() && single {
-            // Erasing what is already empty changes nothing.
-            let n = self.node(a.node);
-            if a.off == b.off && n.slot(Kind::Leaf, a.off, Ordering::Relaxed).is_null() {
-                return Ok(());
-            }
-        }
-
-        let mut items = Items::new();
         let an = self.node(a.node);
-        self.read_items(&mut items, a, 0, a.off);
+        if val.is_null()
+            && single
+            && a.off == b.off
+            && an.slot(Kind::Leaf, a.off, Ordering::Relaxed).is_null()
+        {
+            return None;
+        }
+        self.read_items(items, a, 0, a.off);
         if an.slot_first(a.off, a.min) < first {
             items.push(Item {
                 last: first - 1,
@@ -524,31 +577,8 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
             });
         }
         let b_end = bn.end(Kind::Leaf, b.max);
-        self.read_items(&mut items, b, b.off + 1, b_end + 1);
-
-        // The common case replaces one leaf by one leaf. Anything else is
-        // planned by a dry run of the rebuild, which counts the nodes it
-        // would take (at most 3 per depth plus a new root).
-        let need = if single && (LEAF_MIN..=LEAF_SLOTS).contains(&items.len) {
-            1
-        } else {
-            let (mut lp2, mut rp2) = (lp.clone(), rp.clone());
-            self.dry = true;
-            self.planned = 0;
-            self.rebuild(root, &mut lp2, &mut rp2, items.clone(), front, single);
-            self.dry = false;
-            self.planned
-        };
-        self.reserve(need)?;
-        // Nothing has changed so far; from here on nothing can fail.
-        let spare = self.st.nreserve;
-        self.rebuild(root, &mut lp, &mut rp, items, front, single);
-        debug_assert_eq!(
-            spare - self.st.nreserve,
-            need,
-            "maple: the plan was not exact"
-        );
-        Ok(())
+        self.read_items(items, b, b.off + 1, b_end + 1);
+        Some((front, single))
     }
 
     /// For an erase starting at `first` (path `lp`): if the slot before
@@ -648,7 +678,7 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
         root: Enode,
         lp: &mut Path,
         rp: &mut Path,
-        mut items: Items,
+        items: &mut Items,
         mut front: usize,
         mut single: bool,
     ) {
@@ -683,8 +713,7 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
             }
             if items.len < kind.min_slots() && !whole {
                 single = false;
-                front +=
-                    self.pull_neighbour(root, lp, rp, d, &mut items, &mut span_min, &mut span_max);
+                front += self.pull_neighbour(root, lp, rp, d, items, &mut span_min, &mut span_max);
             }
 
             let mut new = [NewNode {
@@ -702,23 +731,23 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
             } else {
                 Bias::Balanced
             };
-            let k = self.build_level(kind, &items, span_min, bias, &mut new);
+            let k = self.build_level(kind, items, span_min, bias, &mut new);
 
             if d == 0 {
                 if k == 1 {
                     self.install_root(root, Some(new[0].e), h);
                 } else {
-                    let mut top = Items::new();
+                    items.clear();
                     for nn in &new[..k] {
-                        top.push(Item {
+                        items.push(Item {
                             last: nn.last,
                             val: nn.e.word(),
                             gap: nn.gap,
                         });
                     }
                     let r = self.take(Kind::Internal);
-                    self.fill(r, top.as_slice());
-                    self.adopt(r, top.as_slice());
+                    self.fill(r, items.as_slice());
+                    self.adopt(r, items.as_slice());
                     self.install_root(root, Some(r), h + 1);
                 }
                 return;
@@ -740,7 +769,7 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
 
             let (pa, pb) = (lp.lv[d - 1], rp.lv[d - 1]);
             items.clear();
-            self.read_items(&mut items, pa, 0, pa.off);
+            self.read_items(items, pa, 0, pa.off);
             for nn in &new[..k] {
                 items.push(Item {
                     last: nn.last,
@@ -749,7 +778,7 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
                 });
             }
             let pb_end = self.node(pb.node).end(Kind::Internal, pb.max);
-            self.read_items(&mut items, pb, pb.off + 1, pb_end + 1);
+            self.read_items(items, pb, pb.off + 1, pb_end + 1);
             single = pa.node == pb.node;
             front = pa.off;
             fresh = k;
