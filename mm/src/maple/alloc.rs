@@ -29,14 +29,14 @@ pub unsafe trait NodeAlloc {
     type Guard<'g>;
 
     /// A node, or `None` when memory is exhausted.
-    fn alloc_node(&self) -> Option<NonNull<Node>>;
+    fn alloc_node(&self, cpu: CpuId) -> Option<NonNull<Node>>;
 
     /// Frees a node at once.
     ///
     /// # Safety
     /// `node` came from `alloc_node` on this allocator, was never reachable
     /// by a reader, and is not used by the caller afterwards.
-    unsafe fn free_node(&self, node: NonNull<Node>);
+    unsafe fn free_node(&self, cpu: CpuId, node: NonNull<Node>);
 
     /// Frees `nodes` once no reader can still hold them (after an RCU grace
     /// period). One call should cost one deferred callback, whatever
@@ -54,13 +54,13 @@ pub unsafe trait NodeAlloc {
 unsafe impl<T: NodeAlloc> NodeAlloc for &T {
     type Guard<'g> = T::Guard<'g>;
 
-    fn alloc_node(&self) -> Option<NonNull<Node>> {
-        (**self).alloc_node()
+    fn alloc_node(&self, cpu: CpuId) -> Option<NonNull<Node>> {
+        (**self).alloc_node(cpu)
     }
 
-    unsafe fn free_node(&self, node: NonNull<Node>) {
+    unsafe fn free_node(&self, cpu: CpuId, node: NonNull<Node>) {
         // SAFETY: forwarded contract.
-        unsafe { (**self).free_node(node) }
+        unsafe { (**self).free_node(cpu, node) }
     }
 
     unsafe fn retire(&self, cpu: CpuId, nodes: &[NonNull<Node>]) {
@@ -257,12 +257,12 @@ mod host {
     unsafe impl NodeAlloc for RcuNodeAlloc<'_> {
         type Guard<'g> = RcuReadGuard<'g>;
 
-        fn alloc_node(&self) -> Option<NonNull<Node>> {
+        fn alloc_node(&self, _cpu: CpuId) -> Option<NonNull<Node>> {
             AllocCounters::add(&self.pool.counters.allocated, 1);
             Some(self.pool.cache.lock().pop().unwrap_or_else(box_node))
         }
 
-        unsafe fn free_node(&self, node: NonNull<Node>) {
+        unsafe fn free_node(&self, _cpu: CpuId, node: NonNull<Node>) {
             // SAFETY: the caller gives us a node of ours it no longer uses.
             unsafe { self.pool.give_back(core::iter::once(node)) };
         }
@@ -326,12 +326,12 @@ mod host {
     unsafe impl NodeAlloc for DeferredFree {
         type Guard<'g> = NoReclaim;
 
-        fn alloc_node(&self) -> Option<NonNull<Node>> {
+        fn alloc_node(&self, _cpu: CpuId) -> Option<NonNull<Node>> {
             AllocCounters::add(&self.counters.allocated, 1);
             Some(box_node())
         }
 
-        unsafe fn free_node(&self, node: NonNull<Node>) {
+        unsafe fn free_node(&self, _cpu: CpuId, node: NonNull<Node>) {
             AllocCounters::add(&self.counters.freed, 1);
             // SAFETY: the caller gives us a node of ours it no longer uses.
             unsafe { unbox_node(node) }
@@ -383,19 +383,19 @@ mod host {
     unsafe impl<A: NodeAlloc> NodeAlloc for FailingAlloc<A> {
         type Guard<'g> = A::Guard<'g>;
 
-        fn alloc_node(&self) -> Option<NonNull<Node>> {
+        fn alloc_node(&self, cpu: CpuId) -> Option<NonNull<Node>> {
             // Relaxed: a test knob read by the single writer.
             let b = self.budget.load(Ordering::Relaxed);
             if b == 0 {
                 return None;
             }
             self.budget.store(b - 1, Ordering::Relaxed);
-            self.inner.alloc_node()
+            self.inner.alloc_node(cpu)
         }
 
-        unsafe fn free_node(&self, node: NonNull<Node>) {
+        unsafe fn free_node(&self, cpu: CpuId, node: NonNull<Node>) {
             // SAFETY: forwarded contract.
-            unsafe { self.inner.free_node(node) }
+            unsafe { self.inner.free_node(cpu, node) }
         }
 
         unsafe fn retire(&self, cpu: CpuId, nodes: &[NonNull<Node>]) {

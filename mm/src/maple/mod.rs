@@ -288,8 +288,9 @@ impl<E: MapleEntry, A: NodeAlloc> Drop for MapleTree<E, A> {
         let root = self.root.load(Ordering::Relaxed);
         let st = self.writer.get_mut();
         // SAFETY: `&mut self`: no reader or writer exists, so every node is
-        // ours to free at once.
-        unsafe { st.destroy(&self.alloc, root) };
+        // ours to free at once. (Any CPU's cache is a correct place to free
+        // to; the allocator's per-CPU caches are locked.)
+        unsafe { st.destroy(&self.alloc, 0, root) };
     }
 }
 
@@ -438,7 +439,7 @@ impl<E: MapleEntry, A: NodeAlloc> MapleWriter<'_, E, A> {
     /// Gives the spare nodes back to the allocator.
     pub fn shrink_reserve(&mut self) {
         let tree = self.tree;
-        self.st.shrink_reserve(&tree.alloc, 0);
+        self.st.shrink_reserve(&tree.alloc, self.cpu, 0);
     }
 
     /// Loom only: fill new nodes *after* publishing them, the bug the loom

@@ -181,12 +181,12 @@ impl WriterState {
     }
 
     /// Frees spare nodes beyond `keep`.
-    pub(crate) fn shrink_reserve<A: NodeAlloc>(&mut self, alloc: &A, keep: usize) {
+    pub(crate) fn shrink_reserve<A: NodeAlloc>(&mut self, alloc: &A, cpu: CpuId, keep: usize) {
         while self.nreserve > keep {
             self.nreserve -= 1;
             // SAFETY: reserve nodes came from this allocator and were never
             // published.
-            unsafe { alloc.free_node(self.reserve[self.nreserve]) };
+            unsafe { alloc.free_node(cpu, self.reserve[self.nreserve]) };
         }
     }
 
@@ -194,10 +194,10 @@ impl WriterState {
     ///
     /// # Safety
     /// No reader or writer can reach the tree any more; `root` is its root.
-    pub(crate) unsafe fn destroy<A: NodeAlloc>(&mut self, alloc: &A, root: *mut u8) {
+    pub(crate) unsafe fn destroy<A: NodeAlloc>(&mut self, alloc: &A, cpu: CpuId, root: *mut u8) {
         /// # Safety
         /// `e` is a live node of a tree no one else can reach.
-        unsafe fn free_subtree<A: NodeAlloc>(alloc: &A, e: Enode, min: u64, max: u64) {
+        unsafe fn free_subtree<A: NodeAlloc>(alloc: &A, cpu: CpuId, e: Enode, min: u64, max: u64) {
             // SAFETY: caller's contract.
             let n = unsafe { e.node() };
             if e.kind() == Kind::Internal {
@@ -208,18 +208,18 @@ impl WriterState {
                         let (cmin, cmax) =
                             (n.slot_first(i, min), n.slot_last(Kind::Internal, i, max));
                         // SAFETY: a child of a live node is live.
-                        unsafe { free_subtree(alloc, c, cmin, cmax) };
+                        unsafe { free_subtree(alloc, cpu, c, cmin, cmax) };
                     }
                 }
             }
             // SAFETY: no one can reach the node; its children are freed.
-            unsafe { alloc.free_node(NonNull::new_unchecked(e.ptr())) };
+            unsafe { alloc.free_node(cpu, NonNull::new_unchecked(e.ptr())) };
         }
         if let Some(r) = Enode::from_word(root) {
             // SAFETY: caller's contract.
-            unsafe { free_subtree(alloc, r, 0, u64::MAX) };
+            unsafe { free_subtree(alloc, cpu, r, 0, u64::MAX) };
         }
-        self.shrink_reserve(alloc, 0);
+        self.shrink_reserve(alloc, cpu, 0);
         debug_assert_eq!(
             self.nretired, 0,
             "retired nodes are flushed after every write"
@@ -342,7 +342,10 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
     fn reserve(&mut self, need: usize) -> Result<(), MapleError> {
         debug_assert!(need <= RESERVE_MAX);
         while self.st.nreserve < need {
-            let n = self.alloc.alloc_node().ok_or(MapleError::NoMemory)?;
+            let n = self
+                .alloc
+                .alloc_node(self.cpu)
+                .ok_or(MapleError::NoMemory)?;
             self.st.reserve[self.st.nreserve] = n;
             self.st.nreserve += 1;
         }
@@ -467,7 +470,7 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
         }
         let res = self.store_inner(first, last, val);
         let alloc = self.alloc;
-        self.st.shrink_reserve(alloc, RESERVE_KEEP);
+        self.st.shrink_reserve(alloc, self.cpu, RESERVE_KEEP);
         res
     }
 
