@@ -57,13 +57,40 @@ impl<T: ?Sized> UnsafeCell<T> {
 pub use loom::cell::UnsafeCell;
 
 /// Tells the CPU (or loom's scheduler) that we are spinning on a value
-/// another CPU will change.
+/// another CPU will change, and lets the kernel do what it must do while
+/// waiting (see [`set_relax_hook`]).
 #[inline(always)]
 pub fn spin_loop() {
     #[cfg(loom)]
     loom::thread::yield_now();
     #[cfg(not(loom))]
-    core::hint::spin_loop();
+    {
+        let hook = RELAX_HOOK.load(core::sync::atomic::Ordering::Relaxed);
+        if !hook.is_null() {
+            // SAFETY: only `set_relax_hook` stores here, and it stores a
+            // `fn()` pointer.
+            let f: fn() = unsafe { core::mem::transmute::<*mut (), fn()>(hook) };
+            f();
+        }
+        core::hint::spin_loop();
+    }
+}
+
+#[cfg(not(loom))]
+static RELAX_HOOK: core::sync::atomic::AtomicPtr<()> =
+    core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+
+/// Registers what every spin-wait in `mm` calls on each iteration.
+///
+/// Samara's kernel runs `mm` with interrupts disabled, so a CPU spinning
+/// here (for a lock, a grace period, a VMA's readers to drain) cannot take
+/// the interrupt that would ask it to flush its TLB — while the CPU asking
+/// may itself be what it waits for. The kernel's hook answers pending TLB
+/// shootdown requests (and anything else that must not wait), which breaks
+/// every such cycle. The hook must not take `mm` locks.
+#[cfg(not(loom))]
+pub fn set_relax_hook(f: fn()) {
+    RELAX_HOOK.store(f as *mut (), core::sync::atomic::Ordering::Relaxed);
 }
 
 /// A test-and-test-and-set spin lock, built on [`AtomicBool`] from this

@@ -186,6 +186,9 @@ impl<'a, F: PteFormat> AddressSpace<'a, F> {
                 changed[n] = Some(r.entry);
                 n += 1;
             }
+            if n == 0 {
+                break; // cannot happen: the range was checked to be covered
+            }
             for vma in changed[..n].iter().flatten() {
                 // SAFETY: in the tree under the mmap write lock: pinned.
                 let (p, lock) = unsafe { (vma.payload(), &vma.stable().lock) };
