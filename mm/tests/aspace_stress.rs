@@ -38,7 +38,8 @@ use std::sync::Mutex;
 use std::thread;
 
 use mm::aspace::{
-    Access, AddressSpace, FaultError, MapFlags, MmContext, UserLayout, PROT_READ, PROT_WRITE,
+    Access, AddressSpace, FaultError, MapFlags, MmContext, SegvKind, UserLayout, PROT_READ,
+    PROT_WRITE,
 };
 use mm::frame::HostFrames;
 use mm::pgtable::{FlushRange, Prot, SoftPte, TlbFlush};
@@ -215,6 +216,8 @@ struct Published {
     shared: Vec<Vec<AtomicU64>>,
     /// Per faulter: odd while it remaps its private region; counts remaps.
     epoch: Vec<AtomicU64>,
+    /// Rounds done per faulter, then operations done by the recycler.
+    progress: Vec<AtomicU64>,
 }
 
 struct Shared<'a> {
@@ -223,6 +226,18 @@ struct Shared<'a> {
     other: Mm<'a>,
     published: Published,
     stop: AtomicBool,
+}
+
+/// Sets `stop` when dropped: a thread that panics stops the others (which
+/// would otherwise wait for it forever), so that the panic is reported.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.0.store(true, Release);
+        }
+    }
 }
 
 fn map_regions(mm: &Mm<'_>, i: usize, pages: u64) {
@@ -240,10 +255,14 @@ fn faulter(sh: &Shared<'_>, i: usize, me: &mut RcuCpu<'_>) {
     // region was last mapped).
     let mut mine = vec![0u64; pages as usize];
     let mut shm = vec![0u64; pages as usize];
+    let mut rng = Rng::new(100 + i as u64);
     // At least `rounds` rounds, and on until the mutator is done, so that
     // all of its work happens around faults.
     let mut r = 0;
-    while r < SIZE.rounds || !sh.stop.load(Acquire) {
+    while !sh.stop.load(Acquire) {
+        // Release: a fork that reads this afterwards happens after our
+        // earlier rounds' writes.
+        pb.progress[i].store(r, Release);
         r += 1;
         if r % SIZE.remap_every == 0 {
             pb.epoch[i].fetch_add(1, AcqRel);
@@ -273,6 +292,26 @@ fn faulter(sh: &Shared<'_>, i: usize, me: &mut RcuCpu<'_>) {
                 shm[j as usize] = v;
                 pb.shared[i][j as usize].store(r, Release);
             }
+            if i > 0 && j % 2 == 0 {
+                // A fault in the mutator's scratch zone, whose VMAs come and
+                // go (and are reused by the recycler's address space): the
+                // lockless lookup meets detached, reused and write-locked
+                // VMAs. Only the result is checked; nothing is accessed.
+                let a = SCRATCH + rng.below(SCRATCH_PAGES) * PAGE;
+                let access = if rng.below(2) == 0 {
+                    Access::Read
+                } else {
+                    Access::Write
+                };
+                match mm.handle_fault(cpu, a, access) {
+                    Ok(())
+                    | Err(FaultError::Segv {
+                        kind: SegvKind::MapErr,
+                        ..
+                    }) => {}
+                    Err(e) => panic!("scratch fault at {a:#x}: {e:?}"),
+                }
+            }
             me.quiescent_state();
         }
     }
@@ -284,7 +323,7 @@ fn check_child(
     child: &Mm<'_>,
     cpu: usize,
     before: &[Vec<u64>],
-    after: &[Vec<u64>],
+    after: &[u64],
     epochs: &[u64],
 ) {
     let pb = &sh.published;
@@ -296,21 +335,28 @@ fn check_child(
             // ended (at least what was published before it began, unless
             // the region was remapped meanwhile).
             let mut b = [0u8; 8];
-            child.copy_from_user(cpu, slot(pbase, j), &mut b).unwrap();
+            let private = child.copy_from_user(cpu, slot(pbase, j), &mut b);
+            if private.is_err() {
+                // Forked while the faulter had its region unmapped.
+                assert!(
+                    !stable,
+                    "child: faulter {i} page {j} not mapped: {private:?}"
+                );
+                continue;
+            }
             let v = u64::from_le_bytes(b);
             let r = v & 0xff_ffff_ffff;
             assert!(
                 v == 0 || v == tag(i, j, r),
                 "child: faulter {i} page {j} holds foreign value {v:#x}"
             );
-            // Not newer than what the faulter had published when fork
-            // returned, plus the one write it may have been in the middle
-            // of: its later writes went to pages of its own.
+            // Not newer than the round the faulter was in when fork
+            // returned: its later writes went to pages of its own.
             assert!(
-                r <= after[i][j as usize] + 1 || !stable,
-                "child: faulter {i} page {j} holds round {r}, written after the fork (published \
-                 then: {})",
-                after[i][j as usize]
+                r <= after[i] + 1,
+                "child: faulter {i} page {j} holds round {r}, written after the fork (the \
+                 faulter had done {} rounds)",
+                after[i]
             );
             if stable {
                 assert!(
@@ -346,6 +392,9 @@ fn mutator(sh: &Shared<'_>, me: &mut RcuCpu<'_>) {
     let mut rng = Rng::new(7);
     let mut forks = 0;
     for n in 0..SIZE.mutator_ops {
+        if sh.stop.load(Acquire) {
+            break; // another thread failed
+        }
         match rng.below(16) {
             0..=5 => {
                 // A scratch mapping: fixed or hinted, private or shared.
@@ -390,11 +439,7 @@ fn mutator(sh: &Shared<'_>, me: &mut RcuCpu<'_>) {
                     .map(|v| v.iter().map(|r| r.load(Acquire)).collect())
                     .collect();
                 let child = mm.fork(cpu).unwrap();
-                let after: Vec<Vec<u64>> = pb
-                    .private
-                    .iter()
-                    .map(|v| v.iter().map(|r| r.load(Acquire)).collect())
-                    .collect();
+                let after: Vec<u64> = pb.progress.iter().map(|r| r.load(Acquire)).collect();
                 child.validate(cpu).unwrap();
                 check_child(sh, &child, cpu, &before, &after, &epochs);
                 child.validate(cpu).unwrap();
@@ -404,6 +449,19 @@ fn mutator(sh: &Shared<'_>, me: &mut RcuCpu<'_>) {
         }
         me.quiescent_state();
     }
+    // Everyone does at least their minimum around us.
+    let want = |k: usize| {
+        if k < SIZE.faulters {
+            SIZE.rounds
+        } else {
+            SIZE.recycler_ops
+        }
+    };
+    let p = &sh.published.progress;
+    while !sh.stop.load(Acquire) && (0..p.len()).any(|k| p[k].load(Relaxed) < want(k)) {
+        me.quiescent_state();
+        thread::yield_now();
+    }
     assert!(forks > 0 || cfg!(miri), "the mutator never forked");
 }
 
@@ -412,7 +470,8 @@ fn recycler(sh: &Shared<'_>, me: &mut RcuCpu<'_>) {
     let mut rng = Rng::new(11);
     let other = &sh.other;
     let mut n = 0;
-    while n < SIZE.recycler_ops || !sh.stop.load(Acquire) {
+    while !sh.stop.load(Acquire) {
+        sh.published.progress[SIZE.faulters].store(n, Relaxed);
         n += 1;
         let pages = 1 + rng.below(4);
         let a = other
@@ -458,6 +517,7 @@ fn stress(per_vma: bool) {
                 private: (0..nf).map(|_| per_page()).collect(),
                 shared: (0..nf).map(|_| per_page()).collect(),
                 epoch: (0..nf).map(|_| AtomicU64::new(0)).collect(),
+                progress: (0..=nf).map(|_| AtomicU64::new(0)).collect(),
             },
             stop: AtomicBool::new(false),
         };
@@ -465,21 +525,27 @@ fn stress(per_vma: bool) {
             for i in 0..nf {
                 let (sh, rcu) = (&sh, &rcu);
                 s.spawn(move || {
+                    let _stop = StopOnDrop(&sh.stop);
                     let mut me = rcu.register_cpu(1 + i).unwrap();
                     faulter(sh, i, &mut me);
                 });
             }
             let (shr, rcur) = (&sh, &rcu);
             let m = s.spawn(move || {
+                let _stop = StopOnDrop(&shr.stop);
                 let mut me = rcur.register_cpu(nf + 1).unwrap();
                 mutator(shr, &mut me);
             });
             s.spawn(move || {
+                let _stop = StopOnDrop(&shr.stop);
                 let mut me = rcur.register_cpu(nf + 2).unwrap();
                 recycler(shr, &mut me);
             });
-            m.join().unwrap();
+            let r = m.join();
             sh.stop.store(true, Release);
+            if let Err(e) = r {
+                std::panic::resume_unwind(e);
+            }
         });
         (sh.mm, sh.other)
     };
