@@ -329,7 +329,7 @@ fn check_child(
     let pb = &sh.published;
     for i in 0..SIZE.faulters {
         let (pbase, sbase) = (PRIV_BASE + i as u64 * STRIDE, SHM_BASE + i as u64 * STRIDE);
-        let stable = epochs[i] % 2 == 0 && pb.epoch[i].load(Acquire) == epochs[i];
+        let stable = epochs[i].is_multiple_of(2) && pb.epoch[i].load(Acquire) == epochs[i];
         for j in 0..SIZE.pages {
             // Private: a value of this faulter's page from before the fork
             // ended (at least what was published before it began, unless
@@ -408,7 +408,7 @@ fn mutator(sh: &Shared<'_>, me: &mut RcuCpu<'_>) {
                 };
                 if let Ok(a) = mm.mmap(cpu, at, pages * PAGE, RW, flags) {
                     mm.copy_to_user(cpu, a, &n.to_le_bytes()).unwrap();
-                    if a < SCRATCH || a >= SCRATCH + SCRATCH_PAGES * PAGE {
+                    if !(SCRATCH..SCRATCH + SCRATCH_PAGES * PAGE).contains(&a) {
                         mm.munmap(cpu, a, pages * PAGE).unwrap();
                     }
                 }

@@ -163,11 +163,13 @@ impl MapleEntry for VmaRef {
     }
 
     unsafe fn from_raw(raw: NonZeroUsize) -> Self {
-        // SAFETY: `raw` came from `into_raw` of a `VmaRef` (caller's
-        // contract), i.e. from `SlabPtr::as_raw`, whose provenance
-        // `into_raw` exposed. (Miri warns about the integer-to-pointer
-        // step; `-Zmiri-permissive-provenance` acknowledges it.)
+        // `raw` came from `into_raw` of a `VmaRef` (caller's contract),
+        // i.e. from `SlabPtr::as_raw`, whose provenance `into_raw` exposed.
+        // (Miri warns about the integer-to-pointer step;
+        // `-Zmiri-permissive-provenance` acknowledges it.)
         let p = core::ptr::with_exposed_provenance_mut::<u8>(raw.get());
+        // SAFETY: `p` is the non-zero address of a live slab slot of the
+        // VMA cache, with the provenance exposed by `into_raw`.
         VmaRef(unsafe { SlabPtr::from_raw(NonNull::new_unchecked(p)) })
     }
 }
