@@ -19,6 +19,7 @@ use super::{AddressSpace, Errno, PAGE};
 use crate::addr::Frame;
 use crate::cpu::CpuId;
 use crate::pgtable::{CmpxchgError, InstallError, Prot, Pte, PteFormat};
+use crate::sync::{fence, Ordering};
 use crate::vma::lock::{lock_vma_under_rcu, MmapReadGuard, VmaLockEvent};
 use crate::vma::{RcuVma, VmFlags, VmaRef};
 
@@ -311,6 +312,14 @@ impl<F: PteFormat> AddressSpace<'_, F> {
             }
             let old = pte.frame().expect("a mapped entry without a frame");
             let exclusive = frames.meta(old).is_some_and(|m| m.ref_count() == 1);
+            if exclusive {
+                // Our mapping holds the only reference. Acquire pairs with
+                // the Release decrement (`PageMeta::put_ref`) by which the
+                // last other holder (another address space's mapping, or a
+                // copy-on-write pin) let go: its reads of the page (its copy)
+                // happen before the writes the upgrade lets through.
+                fence(Ordering::Acquire);
+            }
             if access != Access::Write || exclusive {
                 // Upgrade in place: the VMA allows it and nobody shares the
                 // page (or no write is involved).
@@ -327,6 +336,14 @@ impl<F: PteFormat> AddressSpace<'_, F> {
                 return Err(Fail::Segv(SegvKind::AccErr));
             };
             if !old_meta.try_get_ref() {
+                continue;
+            }
+            // The entry may have changed between our lookup and the pin, and
+            // the frame been freed and reused: copy only from the frame the
+            // entry still maps (see `copy_user` for the ordering).
+            if self.pt.lookup(page) != pte {
+                // SAFETY: drops the pin taken just above.
+                unsafe { frames.put(cpu, old, 0) };
                 continue;
             }
             let copy = match frames.alloc(cpu, 0) {

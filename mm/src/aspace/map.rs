@@ -85,7 +85,12 @@ impl<'a, F: PteFormat> AddressSpace<'a, F> {
     ) -> Result<u64, Errno> {
         let layout = self.ctx.layout;
         let mut vmflags = prot_flags(prot)?;
-        let len = page_len(len).ok_or(Errno::Inval)?;
+        // Linux: a zero length is malformed (EINVAL), one that overflows
+        // when rounded up to pages cannot be mapped (ENOMEM).
+        if len == 0 {
+            return Err(Errno::Inval);
+        }
+        let len = page_len(len).ok_or(Errno::NoMem)?;
         if flags.contains(MapFlags::SHARED) == flags.contains(MapFlags::PRIVATE) {
             return Err(Errno::Inval);
         }
@@ -150,14 +155,22 @@ impl<'a, F: PteFormat> AddressSpace<'a, F> {
     }
 
     /// Changes the protection of `[addr, addr + len)`, which must be fully
-    /// mapped (Linux's `mprotect`).
+    /// mapped (Linux's `mprotect`, except that a hole fails the call before
+    /// anything changed rather than after the part below the hole).
+    ///
+    /// Arguments are checked in Linux's order: an unaligned address is
+    /// EINVAL, a zero length succeeds without looking further (even with a
+    /// bad `prot`), a length that overflows is ENOMEM, then `prot`.
     pub fn mprotect(&self, cpu: CpuId, addr: u64, len: u64, prot: u32) -> Result<(), Errno> {
-        let access = prot_flags(prot)?;
         if !addr.is_multiple_of(PAGE) {
             return Err(Errno::Inval);
         }
-        let len = page_len(len).ok_or(Errno::Inval)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let len = page_len(len).ok_or(Errno::NoMem)?;
         let end = addr.checked_add(len).ok_or(Errno::NoMem)?;
+        let access = prot_flags(prot)?;
         if end > self.ctx.layout.va_end {
             return Err(Errno::NoMem);
         }

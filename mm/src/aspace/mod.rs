@@ -38,7 +38,7 @@ mod user;
 use core::fmt;
 
 pub use self::fault::{Access, FaultError, SegvKind};
-pub use self::map::MapFlags;
+pub use self::map::{MapFlags, MAX_MAP_COUNT, PROT_EXEC, PROT_READ, PROT_WRITE};
 pub use self::nodes::{MapleNodeObj, RetireBatchObj, SlabNodeAlloc};
 use self::shm::ShmObj;
 use crate::addr::{Frame, PAGE_SIZE};
@@ -47,7 +47,7 @@ use crate::frame::FrameAllocator;
 use crate::maple::MapleTree;
 use crate::pgtable::{PageTable, PgTableError, PteFormat, TlbFlush, TlbGather};
 use crate::rcu::{Rcu, RcuCpu};
-use crate::slab::{Slab, SlabConfig, SlabError};
+use crate::slab::{Slab, SlabConfig, SlabError, SlabStats};
 use crate::sync::{AtomicBool, AtomicU64, Ordering, SpinLock};
 use crate::vma::anon::{AnonSlabs, AnonVmaObj, AvcObj};
 use crate::vma::lock::{MmId, MmapLock, VmaLockCounts, VmaLockStats};
@@ -211,9 +211,20 @@ impl<'a, F: PteFormat> MmContext<'a, F> {
         self.stats.snapshot()
     }
 
+    /// The fault counters of one CPU.
+    pub fn fault_counts_cpu(&self, cpu: CpuId) -> VmaLockCounts {
+        self.stats.snapshot_cpu(cpu)
+    }
+
     /// VMAs allocated and not freed, over all address spaces.
     pub fn vmas_live(&self) -> u64 {
         self.vmas.stats().objects_in_use
+    }
+
+    /// The VMA cache's accounting: allocations, frees, and the RCU
+    /// callbacks it issued (one per slab page released, none per VMA).
+    pub fn vma_cache_stats(&self) -> SlabStats {
+        self.vmas.stats()
     }
 
     /// Address spaces created and not yet exited.

@@ -110,6 +110,17 @@ impl<'a> SlabNodeAlloc<'a> {
     }
 }
 
+/// The RCU head of a batch, as a pointer `retire_cb` may step back from to
+/// the whole batch (and to its slot): derived from the slot's pointer, not
+/// from a reference to the head field, whose provenance would cover the
+/// head alone (Miri's Stacked Borrows rejects the step back otherwise).
+fn head_of(p: SlabPtr<RetireBatchObj>) -> NonNull<RcuHead> {
+    let batch = p.payload_raw().as_ptr();
+    // SAFETY: `batch` points to an allocated batch; taking a field's
+    // address creates no reference, and the field address is non-null.
+    unsafe { NonNull::new_unchecked(core::ptr::addr_of_mut!((*batch).head)) }
+}
+
 /// The RCU callback of a retire batch.
 unsafe fn retire_cb(head: NonNull<RcuHead>) {
     // SAFETY: `head` is the first field of a `repr(C)` `RetireBatch` that
@@ -151,9 +162,10 @@ unsafe impl NodeAlloc for SlabNodeAlloc<'_> {
             }
         }
         let owned = self.nodes.alloc(cpu, Node::new()).ok()?;
-        let p = owned.publish();
-        // SAFETY: just allocated; the tree owns it from here.
-        Some(NonNull::from(unsafe { p.payload_mut() }))
+        // The tree owns it from here. A raw pointer with the slot's
+        // provenance: `free_node` and `free_batch` turn it back into the
+        // slot (`SlabPtr::from_payload`).
+        Some(owned.publish().payload_raw())
     }
 
     unsafe fn free_node(&self, cpu: CpuId, node: NonNull<Node>) {
@@ -175,21 +187,17 @@ unsafe impl NodeAlloc for SlabNodeAlloc<'_> {
             };
             match self.batches.alloc(cpu, batch()) {
                 Ok(owned) => {
-                    let p = owned.publish();
-                    // SAFETY: ours until the callback frees it.
-                    let head = NonNull::from(&unsafe { p.payload_mut() }.head);
                     // SAFETY: the head is not queued; the batch and the
                     // allocator live until the callback runs.
-                    unsafe { self.rcu.call(cpu, head, retire_cb) };
+                    unsafe { self.rcu.call(cpu, head_of(owned.publish()), retire_cb) };
                 }
                 Err(_) => match self.spare.lock().take() {
                     Some(p) => {
                         // SAFETY: the spare is ours alone (taken under the
                         // lock); fill it in place and queue it.
-                        let b = unsafe { p.payload_mut() };
-                        *b = batch();
+                        *unsafe { p.payload_mut() } = batch();
                         // SAFETY: as in the `Ok` arm.
-                        unsafe { self.rcu.call(cpu, NonNull::from(&b.head), retire_cb) };
+                        unsafe { self.rcu.call(cpu, head_of(p), retire_cb) };
                     }
                     None => {
                         // Out of memory twice over: keep the nodes forever

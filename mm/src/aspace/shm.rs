@@ -65,15 +65,33 @@ impl<'a> Shm<'a> {
             .filter(|&l| l <= SoftPte::USER_VA_END)
             .ok_or(super::Errno::NoMem)?;
         let pages = PageTable::with_limit(frames, cpu, limit)?;
-        let owned = slab.alloc(
-            cpu,
-            Shm {
-                refs: AtomicU32::new(1),
-                pages,
-                nr_pages,
-            },
-        )?;
-        Ok(owned.publish().as_raw().as_ptr())
+        let shm = Shm {
+            refs: AtomicU32::new(1),
+            pages,
+            nr_pages,
+        };
+        match slab.try_alloc(cpu, shm) {
+            Ok(owned) => Ok(owned.publish().as_raw().as_ptr()),
+            Err((e, shm)) => {
+                // The page table must be torn down, not dropped (dropping
+                // one leaks its root, and panics in debug builds).
+                shm.destroy(frames, cpu);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Frees the object's pages (one reference each) and its radix tree.
+    fn destroy(self, frames: &FrameAllocator, cpu: CpuId) {
+        let mut put_frame = |f: Frame| {
+            // SAFETY: each frame in the object holds the object's one
+            // reference, dropped here.
+            unsafe { frames.put(cpu, f, 0) };
+        };
+        let flusher = NoMmu;
+        let mut g = TlbGather::new(MmId::NONE, cpu, &flusher, frames, &mut put_frame);
+        self.pages.destroy(&mut g);
+        g.finish();
     }
 
     /// # Safety
@@ -111,16 +129,7 @@ impl<'a> Shm<'a> {
         let sp = unsafe { SlabPtr::<ShmObj<'a>>::from_raw(NonNull::new_unchecked(p)) };
         // SAFETY: as above.
         let owned = unsafe { slab.reclaim(cpu, sp) };
-        let mut put_frame = |f: Frame| {
-            // SAFETY: each frame in the object holds the object's one
-            // reference, dropped here.
-            unsafe { frames.put(cpu, f, 0) };
-        };
-        let flusher = NoMmu;
-        let mut g = TlbGather::new(MmId::NONE, cpu, &flusher, frames, &mut put_frame);
-        let Shm { pages, .. } = owned.into_payload();
-        pages.destroy(&mut g);
-        g.finish();
+        owned.into_payload().destroy(frames, cpu);
     }
 
     /// The frame at `pgoff`, allocating a zeroed one if there is none yet.

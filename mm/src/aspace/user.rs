@@ -89,6 +89,20 @@ impl<F: PteFormat> AddressSpace<'_, F> {
             if !meta.try_get_ref() {
                 continue;
             }
+            // ... and may have done so between our lookup and the pin: the
+            // frame may since have been freed and allocated to someone else
+            // (a pin on it succeeds), or be left mapped only by another
+            // address space (which could then reuse it in place for its
+            // writes). Check the entry still maps what we pinned (Linux's
+            // GUP-fast recheck). The entry was changed before the frame's
+            // reference was dropped; our pin's Acquire synchronises with
+            // that drop or with the frame's reallocation (see
+            // `PageMeta::set_refcount`), so this load sees the change.
+            if self.pt.lookup(page) != pte {
+                // SAFETY: drops the pin taken just above.
+                unsafe { self.ctx.frames.put(cpu, frame, 0) };
+                continue;
+            }
             let ptr = frames.frame_ptr(frame).ok_or(Errno::Fault)?;
             copy(ptr.as_ptr(), off, done, n);
             // SAFETY: drops the pin taken above.

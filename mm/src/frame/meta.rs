@@ -128,9 +128,17 @@ impl PageMeta {
         (raw & ORDER_MASK) >> ORDER_SHIFT
     }
 
+    /// Sets the count of a frame being allocated (1) or freed (0).
+    ///
+    /// Release: pairs with the Acquire of [`Self::try_get_ref`]. A CPU that
+    /// found a frame through a page-table entry and pins it speculatively
+    /// may pin it after it was unmapped, freed and allocated again; its
+    /// pin then synchronises with this store, which the allocator's locks
+    /// order after the unmapping, so the pinner's recheck of the entry
+    /// (`copy_user`, copy-on-write) sees that the entry changed.
     #[inline(always)]
     pub(crate) fn set_refcount(&self, v: u32) {
-        self.refcount.store(v, Ordering::Relaxed);
+        self.refcount.store(v, Ordering::Release);
     }
 
     /// Current reference count (a snapshot).
@@ -157,7 +165,8 @@ impl PageMeta {
     /// reference, e.g. through a page-table entry another CPU may replace
     /// (Linux's `get_page_unless_zero`). Acquire: what earlier holders
     /// wrote to the frame before their Release decrements is visible to the
-    /// new holder.
+    /// new holder; pairs also with the Release in [`Self::set_refcount`]
+    /// (a frame freed and allocated again since it was found).
     #[inline]
     pub fn try_get_ref(&self) -> bool {
         let mut cur = self.refcount.load(Ordering::Relaxed);

@@ -506,14 +506,28 @@ impl<'a, T: SlabObject> Slab<'a, T> {
     /// payload (see the module documentation).
     #[inline]
     pub fn alloc(&self, cpu: CpuId, payload: T::Payload) -> Result<Owned<'_, T>, SlabError> {
+        self.try_alloc(cpu, payload).map_err(|(e, _)| e)
+    }
+
+    /// [`Self::alloc`], handing the payload back on failure: for payloads
+    /// that must not simply be dropped (one that owns a page table needs
+    /// it torn down through a TLB gather).
+    #[inline]
+    pub fn try_alloc(
+        &self,
+        cpu: CpuId,
+        payload: T::Payload,
+    ) -> Result<Owned<'_, T>, (SlabError, T::Payload)> {
         if cpu >= self.inner().nr_cpus {
-            return Err(SlabError::BadCpu(cpu));
+            return Err((SlabError::BadCpu(cpu), payload));
         }
         let cc = self.cpu_cache(cpu);
         let slot = {
             let mut objs = cc.objs.lock();
             if objs.count == 0 {
-                self.refill(cpu, &mut objs)?;
+                if let Err(e) = self.refill(cpu, &mut objs) {
+                    return Err((e, payload));
+                }
             }
             objs.count -= 1;
             let p = objs.objs[objs.count];

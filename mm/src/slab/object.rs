@@ -303,6 +303,20 @@ impl<T: SlabObject> SlabPtr<T> {
         unsafe { &mut *Slot::payload_ptr(self.slot) }
     }
 
+    /// A raw pointer to the payload, with the provenance of the whole slot
+    /// (unlike a pointer taken from [`Self::payload_mut`]'s reference, which
+    /// covers the payload only, and from a field reference, which covers
+    /// that field only). For objects handed out by address, e.g. an
+    /// `RcuHead` inside the payload that a callback turns back into the
+    /// object, or a payload that [`Self::from_payload`] turns back into the
+    /// slot. Creating it is safe; using it follows [`Self::payload`]'s and
+    /// [`Self::payload_mut`]'s rules.
+    #[inline]
+    pub fn payload_raw(self) -> NonNull<T::Payload> {
+        // SAFETY: a field address of a non-null slot pointer is non-null.
+        unsafe { NonNull::new_unchecked(Slot::payload_ptr(self.slot)) }
+    }
+
     /// The object whose payload `payload` points to.
     ///
     /// # Safety

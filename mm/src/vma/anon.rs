@@ -163,11 +163,12 @@ impl AnonSlabs<'_> {
         )?;
         let p = owned.publish();
         // SAFETY: just allocated and published nowhere yet: ours alone.
-        let avc = unsafe { p.payload_mut() };
-        avc.this = Some(p);
+        unsafe { p.payload_mut() }.this = Some(p);
         // SAFETY: the payload lives until `free_avc` frees it, after it is
-        // unlinked from both lists.
-        Ok(unsafe { UnsafeRef::from_raw(avc as *const Avc) })
+        // unlinked from both lists. The pointer has the slot's provenance
+        // (not that of a reference which later accesses through the slot
+        // pointer would invalidate).
+        Ok(unsafe { UnsafeRef::from_raw(p.payload_raw().as_ptr()) })
     }
 
     /// # Safety

@@ -492,6 +492,16 @@ impl VmaLockStats {
                 t[i] += v.load(Ordering::Relaxed);
             }
         }
+        Self::counts_of(t)
+    }
+
+    /// The counters of `cpu` alone.
+    pub fn snapshot_cpu(&self, cpu: CpuId) -> VmaLockCounts {
+        let c = self.counts.get(cpu);
+        Self::counts_of(core::array::from_fn(|i| c[i].load(Ordering::Relaxed)))
+    }
+
+    fn counts_of(t: [u64; N_EVENTS]) -> VmaLockCounts {
         VmaLockCounts {
             success: t[0],
             abort: t[1],

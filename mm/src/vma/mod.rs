@@ -155,15 +155,22 @@ impl fmt::Debug for VmaRef {
 
 impl MapleEntry for VmaRef {
     fn into_raw(self) -> NonZeroUsize {
+        // The tree stores plain integers: expose the slot's provenance so
+        // that `from_raw` can take it back up.
+        let addr = self.0.as_raw().as_ptr().expose_provenance();
         // SAFETY: a slab slot address is never zero.
-        unsafe { NonZeroUsize::new_unchecked(self.0.as_raw().as_ptr() as usize) }
+        unsafe { NonZeroUsize::new_unchecked(addr) }
     }
 
     unsafe fn from_raw(raw: NonZeroUsize) -> Self {
-        // SAFETY: `raw` came from `into_raw` of a `VmaRef` (caller's
-        // contract), i.e. from `SlabPtr::as_raw`; keep the provenance by
-        // going through a pointer.
-        VmaRef(unsafe { SlabPtr::from_raw(NonNull::new_unchecked(raw.get() as *mut u8)) })
+        // `raw` came from `into_raw` of a `VmaRef` (caller's contract),
+        // i.e. from `SlabPtr::as_raw`, whose provenance `into_raw` exposed.
+        // (Miri warns about the integer-to-pointer step;
+        // `-Zmiri-permissive-provenance` acknowledges it.)
+        let p = core::ptr::with_exposed_provenance_mut::<u8>(raw.get());
+        // SAFETY: `p` is the non-zero address of a live slab slot of the
+        // VMA cache, with the provenance exposed by `into_raw`.
+        VmaRef(unsafe { SlabPtr::from_raw(NonNull::new_unchecked(p)) })
     }
 }
 
