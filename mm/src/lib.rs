@@ -11,6 +11,7 @@ pub mod frame;
 pub mod pgtable;
 pub mod phys;
 pub mod rcu;
+pub mod shootdown;
 pub mod slab;
 pub mod sync;
 pub mod vma;

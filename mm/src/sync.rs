@@ -57,13 +57,34 @@ impl<T: ?Sized> UnsafeCell<T> {
 pub use loom::cell::UnsafeCell;
 
 /// Tells the CPU (or loom's scheduler) that we are spinning on a value
-/// another CPU will change.
+/// another CPU will change, after running the spin hook (see
+/// [`set_spin_hook`]).
 #[inline(always)]
 pub fn spin_loop() {
     #[cfg(loom)]
     loom::thread::yield_now();
     #[cfg(not(loom))]
-    core::hint::spin_loop();
+    {
+        if let Some(hook) = SPIN_HOOK.get() {
+            hook();
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// Called on every iteration of every spin-wait loop in `mm` (locks, VMA
+/// writers draining readers, RCU waits).
+#[cfg(not(loom))]
+static SPIN_HOOK: spin::Once<fn()> = spin::Once::new();
+
+/// Installs the spin hook, once. The kernel services cross-CPU requests
+/// there: its CPUs run with interrupts off, so a CPU that spins on a lock
+/// while the lock's holder waits for that CPU to acknowledge a TLB
+/// shootdown would deadlock if the spin loop did not answer it. The hook
+/// must not spin or take locks itself. A second call keeps the first hook.
+#[cfg(not(loom))]
+pub fn set_spin_hook(hook: fn()) {
+    SPIN_HOOK.call_once(|| hook);
 }
 
 /// A test-and-test-and-set spin lock, built on [`AtomicBool`] from this
@@ -203,6 +224,13 @@ pub enum Fault {
     /// Page table: walkers read table entries with Relaxed loads, so they
     /// are not ordered after the zeroing of the table they enter.
     PgtableWalkRelaxed = 1 << 14,
+    /// Shootdown: the initiator samples the CPUs' loaded address spaces with
+    /// plain loads instead of RMWs, so a CPU that is activating the address
+    /// space may be missed while it misses the stale mark.
+    ShootdownSampleLoad = 1 << 16,
+    /// Shootdown: an initiator posts its request with a Relaxed RMW, so a
+    /// target may read an old request (and skip the flush it asks for).
+    ShootdownPendingRelaxed = 1 << 17,
 }
 
 #[cfg(loom)]
