@@ -114,6 +114,26 @@ impl ScenarioRun {
 /// Builds (once) and boots `arch` with `per_vma_lock` as configured and
 /// `kernel_args` on the command line; `name` labels the log file.
 pub fn run(arch: Arch, per_vma_lock: bool, name: &str, kernel_args: &str) -> ScenarioRun {
+    run_smp(arch, per_vma_lock, name, kernel_args, None)
+}
+
+/// The CPU count of the scenarios that exercise SMP: at least 4 (more if
+/// `SAMARA_TEST_SMP` asks for more).
+pub fn smp_cpus() -> u32 {
+    env_or("SAMARA_TEST_SMP", "4")
+        .parse::<u32>()
+        .unwrap_or(4)
+        .max(4)
+}
+
+/// [`run`] with `smp` CPUs instead of `SAMARA_TEST_SMP`'s.
+pub fn run_smp(
+    arch: Arch,
+    per_vma_lock: bool,
+    name: &str,
+    kernel_args: &str,
+    smp: Option<u32>,
+) -> ScenarioRun {
     let config = KernelConfig {
         arch,
         board: Board::Malta,
@@ -123,11 +143,13 @@ pub fn run(arch: Arch, per_vma_lock: bool, name: &str, kernel_args: &str) -> Sce
     let image = image(config).unwrap_or_else(|e| panic!("{e}"));
     let choice = AccelChoice::from_env().unwrap_or_else(|e| panic!("{e}"));
     let (accel, _) = qemu::choose_accel(arch, choice).unwrap_or_else(|e| panic!("{e}"));
-    let smp = env_or("SAMARA_TEST_SMP", "1");
+    let smp_env = env_or("SAMARA_TEST_SMP", "1");
     let machine = Machine {
-        smp: smp
-            .parse()
-            .unwrap_or_else(|_| panic!("SAMARA_TEST_SMP={smp} is not a number")),
+        smp: smp.unwrap_or_else(|| {
+            smp_env
+                .parse()
+                .unwrap_or_else(|_| panic!("SAMARA_TEST_SMP={smp_env} is not a number"))
+        }),
         mem: qemu::parse_mem(&env_or("SAMARA_TEST_MEM", qemu::DEFAULT_MEM))
             .unwrap_or_else(|e| panic!("SAMARA_TEST_MEM: {e}")),
         accel,
@@ -222,4 +244,38 @@ pub fn scenario_bad_args(arch: Arch, per_vma_lock: bool) {
     r.require_outcome(Outcome::KernelFailure);
     r.require_line("bad kernel command line: unknown key `frobnicate`; valid keys: test=");
     r.require_line("samara: exit 1");
+}
+
+/// `test=smp`: every CPU comes online, ticks, answers an IPI and runs
+/// kernel threads; RCU callbacks run on an idle system.
+pub fn scenario_smp(arch: Arch, per_vma_lock: bool) {
+    let n = smp_cpus();
+    let r = run_smp(arch, per_vma_lock, "smp", "test=smp", Some(n));
+    r.require_outcome(Outcome::Pass);
+    r.require_line(&format!("test smp: {n} of {n} CPU(s) online"));
+    r.require_line(&format!("kernel threads ran on {n} CPU(s)"));
+    r.require_line(&format!("samara: result: pass: test smp: {n} CPUs online"));
+}
+
+/// `test=user`: `hello` processes on every CPU: user mode, system calls,
+/// bad pointers refused, exit, and every frame given back.
+pub fn scenario_user(arch: Arch, per_vma_lock: bool) {
+    let n = smp_cpus();
+    let r = run_smp(arch, per_vma_lock, "user", "test=user", Some(n));
+    r.require_outcome(Outcome::Pass);
+    for i in 0..2 * n {
+        r.require_line(&format!(", arg {i}\n"));
+    }
+    let passed = r
+        .log_text
+        .matches(&format!("hello: all checks passed on {n} CPU(s)"))
+        .count();
+    r.require(
+        passed == 2 * n as usize,
+        &format!("{passed} of {} hello processes passed their checks", 2 * n),
+    );
+    r.require_line(&format!(
+        "samara: result: pass: test user: {} user processes ran and exited with 0; frames free back at",
+        2 * n
+    ));
 }
