@@ -6,8 +6,12 @@
 #![cfg_attr(not(any(test, loom, feature = "std")), no_std)]
 
 pub mod addr;
+pub mod aspace;
 pub mod cpu;
 pub mod frame;
+#[cfg(all(feature = "count-shared-writes", not(loom)))]
+pub mod linecount;
+pub mod maple;
 pub mod pgtable;
 pub mod phys;
 pub mod rcu;

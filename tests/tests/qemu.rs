@@ -20,6 +20,21 @@ macro_rules! task_scenarios {
         fn user() {
             qemu_tests::scenario_user($arch, $per_vma_lock);
         }
+
+        #[test]
+        fn faultstorm() {
+            qemu_tests::scenario_faultstorm($arch, $per_vma_lock);
+        }
+
+        #[test]
+        fn forkbomb_lite() {
+            qemu_tests::scenario_forkbomb($arch, $per_vma_lock);
+        }
+
+        #[test]
+        fn segv() {
+            qemu_tests::scenario_segv($arch, $per_vma_lock);
+        }
     };
 }
 

@@ -1,40 +1,40 @@
-//! A process's user memory, as the kernel sees it.
+//! A process's user memory: `mm::aspace`'s `AddressSpace` over the
+//! system's `MmContext`, with the kernel-side glue (the arch's kernel half
+//! of the root table, the system-call argument checks, error mapping).
 //!
-//! TEMPORARY: until `mm::aspace` (the address-space layer with VMAs, being
-//! built on `main`) lands, this is a page table and nothing more: the
-//! loader maps the program and its stack eagerly, `copy_{from,to}_user`
-//! walk the table, and every page fault is a segmentation fault because
-//! there are no VMAs to resolve it against. The memory system calls answer
-//! `ENOSYS`. The methods mirror `AddressSpace`'s so that switching over
-//! changes this file, not its callers.
+//! The kernel reaches user memory only through `copy_from_user` and
+//! `copy_to_user`, which walk the page table (faulting pages in through the
+//! same handler the MMU's faults use) and copy through the direct map; a
+//! bad pointer is `EFAULT`, never a kernel fault.
 
-use mm::addr::{Frame, PAGE_SIZE};
+use core::cell::UnsafeCell;
+
+use mm::aspace::{self, AddressSpace, MapFlags};
 #[cfg(target_arch = "mips64")]
 use mm::pgtable::Mips64Pte;
 #[cfg(target_arch = "x86_64")]
 use mm::pgtable::X86_64Pte;
-use mm::pgtable::{PageTable, Prot, Pte, TlbGather};
-use mm::vma::lock::MmId;
+use samara_abi::prot::{EXEC as PROT_EXEC, READ as PROT_READ, WRITE as PROT_WRITE};
 use samara_abi::Errno;
 
-use super::{mem, tlb};
+use super::mem;
 
 /// The page-table format the MMU reads.
 #[cfg(target_arch = "x86_64")]
 pub type ArchPte = X86_64Pte;
 #[cfg(target_arch = "mips64")]
 pub type ArchPte = Mips64Pte;
-const PAGE: u64 = PAGE_SIZE as u64;
-
-/// First address the kernel maps for user programs (Linux's mmap_min_addr).
-pub const MIN_ADDR: u64 = 0x10000;
 
 /// What a faulting access was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    Read,
-    Write,
-    Exec,
+pub use mm::aspace::Access;
+
+/// First address user mappings may use (Linux's `mmap_min_addr`).
+pub const MIN_ADDR: u64 = 0x10000;
+
+/// `PROT_*` bits of a loadable segment.
+pub fn prot_bits(read: bool, write: bool, exec: bool) -> u32 {
+    let bit = |on: bool, b: u64| if on { b as u32 } else { 0 };
+    bit(read, PROT_READ) | bit(write, PROT_WRITE) | bit(exec, PROT_EXEC)
 }
 
 /// Why a fault was not resolved.
@@ -42,197 +42,172 @@ pub enum Access {
 pub enum FaultError {
     /// No mapping, or one that forbids the access.
     Segv,
-    /// Constructed by `mm::aspace`'s fault path once it lands.
-    #[allow(dead_code)]
     OutOfMemory,
+}
+
+/// The mm layer's error as the ABI's.
+fn errno(e: aspace::Errno) -> Errno {
+    match e {
+        aspace::Errno::NoMem => Errno::NoMem,
+        aspace::Errno::Fault => Errno::Fault,
+        aspace::Errno::Exist => Errno::Exist,
+        aspace::Errno::Inval => Errno::Inval,
+    }
 }
 
 pub struct UserMm {
     /// `None` after `exit`. Written only by `exit`, whose contract excludes
     /// every other use.
-    pt: core::cell::UnsafeCell<Option<PageTable<'static, ArchPte>>>,
+    aspace: UnsafeCell<Option<AddressSpace<'static, ArchPte>>>,
     id: u64,
+    root_phys: u64,
+    root_entry: u64,
 }
 
-// SAFETY: the page table is shared by the process's threads (its own
+// SAFETY: the address space is shared by the process's threads (its
 // operations are thread-safe); the cell is written only by `exit`, which
 // requires exclusive use.
 unsafe impl Sync for UserMm {}
 // SAFETY: as above.
 unsafe impl Send for UserMm {}
 
-static NEXT_ID: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
-
 impl UserMm {
-    pub fn new(cpu: usize) -> Result<UserMm, Errno> {
-        let pt = PageTable::<ArchPte>::with_limit(mem::fa(), cpu, arch::mmu::USER_VA_END + PAGE)
-            .map_err(|_| Errno::NoMem)?;
-        // SAFETY: a fresh, zeroed root nobody uses yet.
-        unsafe { arch::mmu::init_user_root(pt.root_phys().as_u64()) };
-        Ok(UserMm {
-            pt: core::cell::UnsafeCell::new(Some(pt)),
-            id: NEXT_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
-        })
+    fn from(a: AddressSpace<'static, ArchPte>) -> UserMm {
+        let pt = a.page_table();
+        let (root_phys, root_entry) = (pt.root_phys().as_u64(), pt.root_entry());
+        // SAFETY: a fresh root nobody uses yet; the arch writes only the
+        // entries above the user limit, which the page table leaves alone.
+        unsafe { arch::mmu::init_user_root(root_phys) };
+        UserMm {
+            id: a.id().raw(),
+            aspace: UnsafeCell::new(Some(a)),
+            root_phys,
+            root_entry,
+        }
     }
 
-    fn pt(&self) -> &PageTable<'static, ArchPte> {
+    pub fn new(cpu: usize) -> Result<UserMm, Errno> {
+        Ok(Self::from(
+            AddressSpace::new(mem::ctx(), cpu).map_err(errno)?,
+        ))
+    }
+
+    fn a(&self) -> &AddressSpace<'static, ArchPte> {
         // SAFETY: only `exit` writes the cell, and its contract rules out
         // any use of `self` during or after it.
-        unsafe { (*self.pt.get()).as_ref() }.expect("user memory used after exit")
+        unsafe { (*self.aspace.get()).as_ref() }.expect("user memory used after exit")
     }
 
-    /// The identity the TLB code tags this address space with.
     pub fn id(&self) -> u64 {
         self.id
     }
 
     pub fn root_phys(&self) -> u64 {
-        self.pt().root_phys().as_u64()
+        self.root_phys
     }
 
     pub fn root_entry(&self) -> u64 {
-        self.pt().root_entry()
+        self.root_entry
     }
 
-    /// Maps fresh zeroed pages over `[addr, addr + len)` with `prot` (for
-    /// the loader and the initial stack).
-    pub fn map_fixed(&self, cpu: usize, addr: u64, len: u64, prot: Prot) -> Result<(), Errno> {
-        let fa = mem::fa();
-        let mut va = addr;
-        while va < addr + len {
-            let f = fa.alloc_zeroed(cpu, 0).map_err(|_| Errno::NoMem)?;
-            if let Err(_e) = self
-                .pt()
-                .install_leaf(va, Pte::leaf(f, prot | Prot::USER), cpu)
-            {
-                // SAFETY: `f` was never mapped.
-                unsafe { fa.free(cpu, f, 0) };
-                return Err(Errno::Inval);
-            }
-            va += PAGE;
-        }
-        Ok(())
+    pub fn copy_from_user(&self, cpu: usize, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        self.a().copy_from_user(cpu, addr, buf).map_err(errno)
     }
 
-    /// Copies between kernel memory and `[addr, addr + len)` of this address
-    /// space through the physmap, page by page. `EFAULT` if any page is not
-    /// mapped or (for writes) not writable, or the range leaves user space.
-    fn copy(
+    pub fn copy_to_user(&self, cpu: usize, addr: u64, buf: &[u8]) -> Result<(), Errno> {
+        self.a().copy_to_user(cpu, addr, buf).map_err(errno)
+    }
+
+    pub fn handle_fault(&self, cpu: usize, addr: u64, access: Access) -> Result<(), FaultError> {
+        self.a()
+            .handle_fault(cpu, addr, access)
+            .map_err(|e| match e {
+                aspace::FaultError::Segv { .. } => FaultError::Segv,
+                aspace::FaultError::OutOfMemory => FaultError::OutOfMemory,
+            })
+    }
+
+    /// `mmap`: the ABI's flags and protection, checked before `mm` sees
+    /// them (unknown bits are `EINVAL`; every mapping is anonymous).
+    pub fn mmap(
         &self,
+        cpu: usize,
         addr: u64,
-        len: usize,
-        write: bool,
-        mut f: impl FnMut(*mut u8, usize, usize),
+        len: u64,
+        prot: u64,
+        flags: u64,
+    ) -> Result<u64, Errno> {
+        let prot = u32::try_from(prot).map_err(|_| Errno::Inval)?;
+        let flags = u32::try_from(flags)
+            .ok()
+            .and_then(MapFlags::from_bits)
+            .ok_or(Errno::Inval)?;
+        if flags.contains(MapFlags::GROWSDOWN) {
+            // Stacks are the kernel's business (the loader maps them).
+            return Err(Errno::Inval);
+        }
+        self.a()
+            .mmap(cpu, addr, len, prot, flags | MapFlags::ANONYMOUS)
+            .map_err(errno)
+    }
+
+    pub fn munmap(&self, cpu: usize, addr: u64, len: u64) -> Result<(), Errno> {
+        self.a().munmap(cpu, addr, len).map_err(errno)
+    }
+
+    pub fn mprotect(&self, cpu: usize, addr: u64, len: u64, prot: u64) -> Result<(), Errno> {
+        let prot = u32::try_from(prot).map_err(|_| Errno::Inval)?;
+        self.a().mprotect(cpu, addr, len, prot).map_err(errno)
+    }
+
+    pub fn brk(&self, cpu: usize, end: u64) -> Result<u64, Errno> {
+        Ok(self.a().brk(cpu, end))
+    }
+
+    pub fn fork(&self, cpu: usize) -> Result<UserMm, Errno> {
+        Ok(Self::from(self.a().fork(cpu).map_err(errno)?))
+    }
+
+    /// The loader's mappings: fixed, private, anonymous.
+    pub fn map_fixed(
+        &self,
+        cpu: usize,
+        addr: u64,
+        len: u64,
+        prot: u32,
+        grows_down: bool,
     ) -> Result<(), Errno> {
-        let end = addr.checked_add(len as u64).ok_or(Errno::Fault)?;
-        if end > arch::mmu::USER_VA_END {
-            return Err(Errno::Fault);
+        let mut f = MapFlags::FIXED | MapFlags::PRIVATE | MapFlags::ANONYMOUS;
+        if grows_down {
+            f |= MapFlags::GROWSDOWN;
         }
-        let fa = mem::fa();
-        let mut va = addr;
-        let mut done = 0;
-        while va < end {
-            let pte = self.pt().lookup(va & !(PAGE - 1));
-            let frame: Frame = pte.frame().ok_or(Errno::Fault)?;
-            let prot = pte.prot();
-            if !prot.contains(Prot::USER | Prot::READ) || (write && !prot.contains(Prot::WRITE)) {
-                return Err(Errno::Fault);
-            }
-            let off = (va % PAGE) as usize;
-            let n = (PAGE as usize - off).min((end - va) as usize);
-            let p = fa.frame_ptr(frame).ok_or(Errno::Fault)?.as_ptr();
-            // SAFETY: `off < PAGE`, inside the frame.
-            f(unsafe { p.add(off) }, done, n);
-            va += n as u64;
-            done += n;
-        }
-        Ok(())
+        self.a()
+            .mmap(cpu, addr, len, prot, f)
+            .map(|_| ())
+            .map_err(errno)
     }
 
-    pub fn copy_from_user(&self, _cpu: usize, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        let dst = buf.as_mut_ptr();
-        self.copy(addr, buf.len(), false, |src, at, n| {
-            // SAFETY: `src` points at `n` bytes of a mapped user frame in the
-            // physmap; `dst + at .. + n` is inside `buf`.
-            unsafe { core::ptr::copy_nonoverlapping(src, dst.add(at), n) }
-        })
+    pub fn set_brk_base(&self, base: u64) -> Result<(), Errno> {
+        self.a().set_brk_base(base).map_err(errno)
     }
 
-    pub fn copy_to_user(&self, _cpu: usize, addr: u64, buf: &[u8]) -> Result<(), Errno> {
-        let src = buf.as_ptr();
-        self.copy(addr, buf.len(), true, |dst, at, n| {
-            // SAFETY: as in `copy_from_user`, the other way round.
-            unsafe { core::ptr::copy_nonoverlapping(src.add(at), dst, n) }
-        })
-    }
-
-    /// The loader's copy into the program's pages, whatever their
-    /// protection (it writes through the physmap; user mode never sees the
-    /// pages writable).
-    pub fn copy_to_user_any(&self, _cpu: usize, addr: u64, buf: &[u8]) -> Result<(), Errno> {
-        let src = buf.as_ptr();
-        self.copy(addr, buf.len(), false, |dst, at, n| {
-            // SAFETY: as in `copy_to_user`.
-            unsafe { core::ptr::copy_nonoverlapping(src.add(at), dst, n) }
-        })
-    }
-
-    /// No VMAs yet: every fault is a segmentation fault.
-    pub fn handle_fault(&self, _cpu: usize, _addr: u64, _access: Access) -> Result<(), FaultError> {
-        Err(FaultError::Segv)
-    }
-
-    pub fn mmap(&self, _cpu: usize, _a: u64, _l: u64, _p: u64, _f: u64) -> Result<u64, Errno> {
-        Err(Errno::NoSys)
-    }
-
-    pub fn munmap(&self, _cpu: usize, _a: u64, _l: u64) -> Result<(), Errno> {
-        Err(Errno::NoSys)
-    }
-
-    pub fn mprotect(&self, _cpu: usize, _a: u64, _l: u64, _p: u64) -> Result<(), Errno> {
-        Err(Errno::NoSys)
-    }
-
-    pub fn brk(&self, _cpu: usize, _end: u64) -> Result<u64, Errno> {
-        Err(Errno::NoSys)
-    }
-
-    pub fn fork(&self, _cpu: usize) -> Result<UserMm, Errno> {
-        Err(Errno::NoSys)
-    }
-
-    pub fn set_brk_base(&self, _base: u64) -> Result<(), Errno> {
-        Ok(())
-    }
-
-    /// Tears the address space down: every mapped frame and table goes back
-    /// to the allocator after a full shootdown, which makes CPUs that still
-    /// hold it lazily drop it.
+    /// Tears the address space down.
     ///
     /// # Safety
     /// Nothing uses this address space concurrently or afterwards (the last
     /// thread has exited and left it).
     pub unsafe fn exit(&self, cpu: usize) {
         // SAFETY: exclusive per the contract.
-        let Some(pt) = (unsafe { (*self.pt.get()).take() }) else {
-            return;
-        };
-        let fa = mem::fa();
-        let mut release = |f: Frame| {
-            // SAFETY: the mapping's reference; called after the flush.
-            unsafe { fa.put(cpu, f, 0) };
-        };
-        let mut g = TlbGather::new(MmId::from_raw(self.id), cpu, &tlb::FLUSH, fa, &mut release);
-        pt.destroy(&mut g);
-        g.finish();
+        if let Some(a) = unsafe { (*self.aspace.get()).take() } {
+            a.exit(cpu);
+        }
     }
 }
 
 impl Drop for UserMm {
     fn drop(&mut self) {
         debug_assert!(
-            self.pt.get_mut().is_none(),
+            self.aspace.get_mut().is_none(),
             "user memory dropped without exit()"
         );
     }

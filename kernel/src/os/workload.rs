@@ -198,6 +198,17 @@ fn smp_test() -> ! {
     )
 }
 
+/// Runs every queued RCU callback, returns the caches' empty pages (which
+/// goes through RCU again for the type-safe caches), runs those callbacks
+/// too; returns the free-frame count then. The workloads measure "before"
+/// and "after" in this state.
+fn quiesce() -> u64 {
+    sched::with_rcu(|r| r.barrier());
+    super::shrink_caches();
+    sched::with_rcu(|r| r.barrier());
+    mem::fa().stats().free_pages
+}
+
 /// Waits for the memory every exited process used to come back: RCU
 /// callbacks run, caches shrunk, dead tasks' stacks freed (a CPU frees the
 /// last task it left only when it next switches). Returns the free-frame
@@ -206,9 +217,7 @@ fn smp_test() -> ! {
 fn settle(before_free: u64) -> u64 {
     let end = arch::timer::now_ns() + 1_000_000_000;
     loop {
-        sched::with_rcu(|r| r.barrier());
-        super::shrink_caches();
-        let free = mem::fa().stats().free_pages;
+        let free = quiesce();
         if free == before_free || arch::timer::now_ns() > end {
             return free;
         }
@@ -218,7 +227,7 @@ fn settle(before_free: u64) -> u64 {
 
 /// `test=user`: several `hello` processes on all CPUs.
 fn user_test() -> ! {
-    let before = mem::fa().stats().free_pages;
+    let before = quiesce();
     let heap0 = super::heap::HEAP.frames_held();
     let n = 2 * arch::smp::cpu_count() as u64;
     let mut procs: Vec<Arc<Process>> = Vec::new();
@@ -246,9 +255,10 @@ fn user_test() -> ! {
         fail(
             "test user",
             format_args!(
-                "frames free {after} after, {before} before: leaked {} (heap holds {heap0} -> {} frames)",
+                "frames free {after} after, {before} before: leaked {} (heap holds {heap0} -> {} frames; {})",
                 before as i64 - after as i64,
-                super::heap::HEAP.frames_held()
+                super::heap::HEAP.frames_held(),
+                super::MmObjects::now()
             ),
         );
     }
@@ -293,6 +303,7 @@ fn run_workload(w: Workload, o: &Options) -> ! {
             format_args!("this kernel has no user program `{name}` (embedded: {have})"),
         );
     }
+    quiesce();
     let s0: Stats = stats::collect();
     let heap0 = super::heap::HEAP.frames_held();
     let t0 = arch::timer::now_ns();
