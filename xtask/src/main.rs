@@ -106,8 +106,7 @@ struct FlashOpts {
     /// With --serial: seconds the kernel may run before the monitor gives up.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
-    /// Kernel command line (see boot/src/options.rs), e.g. workload=segv per_vma_lock=off;
-    /// without test= or workload=, `run` adds workload=faultstorm.
+    /// Kernel command line (see boot/src/options.rs), e.g. test=boot per_vma_lock=off.
     #[arg(last = true)]
     kernel_args: Vec<String>,
 }

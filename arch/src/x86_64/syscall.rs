@@ -105,12 +105,14 @@ static EMULATED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::
 
 /// Completes a `syscall` that the CPU only half executed.
 ///
-/// Some virtualisation stacks (seen with nested KVM on AMD EPYC hosts, the
-/// machine Samara's CI runs on) execute SYSCALL's register effects — RCX =
+/// Some virtualisation stacks execute SYSCALL's register effects — RCX =
 /// the return address, R11 = RFLAGS, RFLAGS masked by FMASK, RIP = LSTAR —
 /// but leave CS and SS, and so the privilege level, at the user's values:
 /// the fetch of the entry point's first instruction then raises a user-mode
-/// page fault at LSTAR. Real CPUs and QEMU's TCG never do. When the fault
+/// page fault at LSTAR. Seen with PVM (`kvm_pvm`, the Pagetable-based
+/// Virtual Machine, which runs guest kernels deprivileged and is what
+/// `/dev/kvm` is on the machine Samara is developed on); real CPUs and
+/// QEMU's TCG never do it. When the fault
 /// has exactly that signature the kernel finishes the job: the return
 /// address and flags go back into the frame (RCX must be a user address,
 /// the flags are cut to what user mode may set, with interrupts on), and

@@ -9,7 +9,8 @@
 //!   faults=.. vma_lock_success=.. vma_lock_abort=.. vma_lock_retry=..
 //!   vma_lock_miss=.. mmap_locked_faults=.. frames_free_before=..
 //!   frames_free_after=.. vmas_live=.. rcu_grace_periods=..
-//!   remote_flushes=.. cycles_per_fault=.. elapsed_ms=.. checks=pass|fail
+//!   remote_flushes=.. cycles_per_fault=.. cycles_per_second=..
+//!   elapsed_ms=.. checks=pass|fail
 //! ```
 //!
 //! (one line), then `samara: result: ...`; the run passes only if the
@@ -322,7 +323,7 @@ fn run_workload(w: Workload, o: &Options) -> ! {
         / (s1.fault_cycles_count - s0.fault_cycles_count).max(1);
     let checks = status == Some(0) && free_after == s0.frames_free && s1.vmas_live == s0.vmas_live;
     println!(
-        "samara: summary: workload={} status={} cpus={} per_vma_lock={} faults={faults} vma_lock_success={} vma_lock_abort={} vma_lock_retry={} vma_lock_miss={} mmap_locked_faults={} frames_free_before={} frames_free_after={free_after} vmas_live={} rcu_grace_periods={} remote_flushes={} cycles_per_fault={cpf} elapsed_ms={} checks={}",
+        "samara: summary: workload={} status={} cpus={} per_vma_lock={} faults={faults} vma_lock_success={} vma_lock_abort={} vma_lock_retry={} vma_lock_miss={} mmap_locked_faults={} frames_free_before={} frames_free_after={free_after} vmas_live={} rcu_grace_periods={} remote_flushes={} cycles_per_fault={cpf} cycles_per_second={} elapsed_ms={} checks={}",
         w.name(),
         status.map_or(-1, |s| s as i64),
         s1.cpus,
@@ -336,6 +337,7 @@ fn run_workload(w: Workload, o: &Options) -> ! {
         s1.vmas_live,
         s1.rcu_grace_periods - s0.rcu_grace_periods,
         s1.remote_flushes - s0.remote_flushes,
+        s1.cycles_per_second,
         elapsed / 1_000_000,
         if checks { "pass" } else { "fail" }
     );
