@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 /// The programs a kernel embeds when they exist.
-const PROGRAMS: &[&str] = &["hello", "faultstorm", "forkbomb", "segv"];
+const PROGRAMS: &[&str] = &["hello", "faultstorm", "forkbomb", "segv", "tlbcheck"];
 
 fn main() {
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();

@@ -7,11 +7,11 @@
 //! | key | values | default |
 //! | --- | --- | --- |
 //! | `test` | `boot`, `pagefault`, `panic`, `smp`, `user` | none: run the workload |
-//! | `workload` | `none`, `hello`, `faultstorm`, `forkbomb-lite`, `segv` | `none` |
+//! | `workload` | `none`, `hello`, `faultstorm`, `forkbomb-lite`, `segv`, `tlb-shootdown` | `none` |
 //! | `per_vma_lock` | `on`, `off` | `on` when compiled in |
 //! | `threads` | 1..=64: faulting threads (`faultstorm`), children per round (`forkbomb-lite`) | the program's default |
 //! | `pages` | 1..=1048576: pages per region (`faultstorm`) | the program's default |
-//! | `rounds` | 1..=100000: rounds (`faultstorm`, `forkbomb-lite`) | the program's default |
+//! | `rounds` | 1..=100000: rounds (`faultstorm`, `forkbomb-lite`, `tlb-shootdown`) | the program's default |
 
 use core::fmt;
 
@@ -49,6 +49,8 @@ pub enum Workload {
     ForkbombLite,
     /// Programs that fault on purpose; the kernel kills them and goes on.
     Segv,
+    /// No CPU uses a translation after munmap, mprotect or fork changed it.
+    TlbShootdown,
 }
 
 impl Scenario {
@@ -69,12 +71,13 @@ impl Scenario {
 }
 
 impl Workload {
-    pub const ALL: [(&'static str, Workload); 5] = [
+    pub const ALL: [(&'static str, Workload); 6] = [
         ("none", Workload::None),
         ("hello", Workload::Hello),
         ("faultstorm", Workload::Faultstorm),
         ("forkbomb-lite", Workload::ForkbombLite),
         ("segv", Workload::Segv),
+        ("tlb-shootdown", Workload::TlbShootdown),
     ];
 
     pub fn name(self) -> &'static str {
@@ -121,7 +124,7 @@ pub enum OptionError<'a> {
 
 /// One line per key with its values, for error messages and `--help` text.
 pub const VALID_KEYS: &str = "test=boot|pagefault|panic|smp|user, \
-workload=none|hello|faultstorm|forkbomb-lite|segv, per_vma_lock=on|off, threads=1..64, \
+workload=none|hello|faultstorm|forkbomb-lite|segv|tlb-shootdown, per_vma_lock=on|off, threads=1..64, \
 pages=1..1048576, rounds=1..100000";
 
 impl fmt::Display for OptionError<'_> {

@@ -282,6 +282,7 @@ fn program(w: Workload, o: &Options) -> (&'static str, [u64; 2]) {
         Workload::Faultstorm => ("faultstorm", [t, pages | rounds << 32]),
         Workload::ForkbombLite => ("forkbomb", [rounds, t]),
         Workload::Segv => ("segv", [0, 0]),
+        Workload::TlbShootdown => ("tlbcheck", [rounds, 0]),
     }
 }
 
