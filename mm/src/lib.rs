@@ -15,6 +15,7 @@ pub mod maple;
 pub mod pgtable;
 pub mod phys;
 pub mod rcu;
+pub mod shootdown;
 pub mod slab;
 pub mod sync;
 pub mod vma;

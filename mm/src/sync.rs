@@ -236,6 +236,13 @@ pub enum Fault {
     /// Page table: walkers read table entries with Relaxed loads, so they
     /// are not ordered after the zeroing of the table they enter.
     PgtableWalkRelaxed = 1 << 14,
+    /// Shootdown: the initiator samples the CPUs' loaded address spaces with
+    /// plain loads instead of RMWs, so a CPU that is activating the address
+    /// space may be missed while it misses the stale mark.
+    ShootdownSampleLoad = 1 << 16,
+    /// Shootdown: an initiator posts its request with a Relaxed RMW, so a
+    /// target may read an old request (and skip the flush it asks for).
+    ShootdownPendingRelaxed = 1 << 17,
 }
 
 #[cfg(loom)]

@@ -114,6 +114,44 @@ impl ScenarioRun {
 /// Builds (once) and boots `arch` with `per_vma_lock` as configured and
 /// `kernel_args` on the command line; `name` labels the log file.
 pub fn run(arch: Arch, per_vma_lock: bool, name: &str, kernel_args: &str) -> ScenarioRun {
+    run_smp(arch, per_vma_lock, name, kernel_args, None)
+}
+
+/// The CPU count of the scenarios that exercise SMP: at least 4 (more if
+/// `SAMARA_TEST_SMP` asks for more).
+pub fn smp_cpus() -> u32 {
+    env_or("SAMARA_TEST_SMP", "4")
+        .parse::<u32>()
+        .unwrap_or(4)
+        .max(4)
+}
+
+/// [`run`] with `smp` CPUs instead of `SAMARA_TEST_SMP`'s.
+pub fn run_smp(
+    arch: Arch,
+    per_vma_lock: bool,
+    name: &str,
+    kernel_args: &str,
+    smp: Option<u32>,
+) -> ScenarioRun {
+    run_with(arch, per_vma_lock, name, kernel_args, smp, timeout(arch))
+}
+
+/// How long a workload may run: page faults are slow under software
+/// virtualisation (PVM's shadow paging makes one cost over a millisecond)
+/// and under TCG, and the tests run side by side on few host cores.
+pub fn workload_timeout(arch: Arch) -> Duration {
+    timeout(arch) * 3
+}
+
+fn run_with(
+    arch: Arch,
+    per_vma_lock: bool,
+    name: &str,
+    kernel_args: &str,
+    smp: Option<u32>,
+    limit: Duration,
+) -> ScenarioRun {
     let config = KernelConfig {
         arch,
         board: Board::Malta,
@@ -123,11 +161,13 @@ pub fn run(arch: Arch, per_vma_lock: bool, name: &str, kernel_args: &str) -> Sce
     let image = image(config).unwrap_or_else(|e| panic!("{e}"));
     let choice = AccelChoice::from_env().unwrap_or_else(|e| panic!("{e}"));
     let (accel, _) = qemu::choose_accel(arch, choice).unwrap_or_else(|e| panic!("{e}"));
-    let smp = env_or("SAMARA_TEST_SMP", "1");
+    let smp_env = env_or("SAMARA_TEST_SMP", "1");
     let machine = Machine {
-        smp: smp
-            .parse()
-            .unwrap_or_else(|_| panic!("SAMARA_TEST_SMP={smp} is not a number")),
+        smp: smp.unwrap_or_else(|| {
+            smp_env
+                .parse()
+                .unwrap_or_else(|_| panic!("SAMARA_TEST_SMP={smp_env} is not a number"))
+        }),
         mem: qemu::parse_mem(&env_or("SAMARA_TEST_MEM", qemu::DEFAULT_MEM))
             .unwrap_or_else(|e| panic!("SAMARA_TEST_MEM: {e}")),
         accel,
@@ -142,7 +182,7 @@ pub fn run(arch: Arch, per_vma_lock: bool, name: &str, kernel_args: &str) -> Sce
         kernel_args,
         machine: &machine,
         log: log.clone(),
-        timeout: Some(timeout(arch)),
+        timeout: Some(limit),
         echo: false,
     })
     .unwrap_or_else(|e| panic!("{name} ({}): {e}", config.describe()));
@@ -222,4 +262,167 @@ pub fn scenario_bad_args(arch: Arch, per_vma_lock: bool) {
     r.require_outcome(Outcome::KernelFailure);
     r.require_line("bad kernel command line: unknown key `frobnicate`; valid keys: test=");
     r.require_line("samara: exit 1");
+}
+
+/// `test=smp`: every CPU comes online, ticks, answers an IPI and runs
+/// kernel threads; RCU callbacks run on an idle system.
+pub fn scenario_smp(arch: Arch, per_vma_lock: bool) {
+    let n = smp_cpus();
+    let r = run_smp(arch, per_vma_lock, "smp", "test=smp", Some(n));
+    r.require_outcome(Outcome::Pass);
+    r.require_line(&format!("test smp: {n} of {n} CPU(s) online"));
+    r.require_line(&format!("kernel threads ran on {n} CPU(s)"));
+    r.require_line(&format!("samara: result: pass: test smp: {n} CPUs online"));
+}
+
+/// `test=user`: `hello` processes on every CPU: user mode, system calls,
+/// bad pointers refused, exit, and every frame given back.
+pub fn scenario_user(arch: Arch, per_vma_lock: bool) {
+    let n = smp_cpus();
+    let r = run_smp(arch, per_vma_lock, "user", "test=user", Some(n));
+    r.require_outcome(Outcome::Pass);
+    for i in 0..2 * n {
+        r.require_line(&format!(", arg {i}\n"));
+    }
+    let passed = r
+        .log_text
+        .matches(&format!("hello: all checks passed on {n} CPU(s)"))
+        .count();
+    r.require(
+        passed == 2 * n as usize,
+        &format!("{passed} of {} hello processes passed their checks", 2 * n),
+    );
+    r.require_line(&format!(
+        "samara: result: pass: test user: {} user processes ran and exited with 0; frames free back at",
+        2 * n
+    ));
+}
+
+/// The `key=value` fields of the kernel's workload summary line.
+fn summary(r: &ScenarioRun) -> std::collections::BTreeMap<String, String> {
+    let f = xtask::summary::fields(&r.log_text, xtask::summary::PREFIX);
+    r.require(f.is_some(), "the kernel printed no `samara: summary:` line");
+    f.unwrap_or_default()
+}
+
+fn num(r: &ScenarioRun, f: &std::collections::BTreeMap<String, String>, key: &str) -> u64 {
+    let v = f.get(key).and_then(|v| v.parse::<u64>().ok());
+    r.require(
+        v.is_some(),
+        &format!("summary field `{key}` missing or not a number"),
+    );
+    v.unwrap_or_default()
+}
+
+/// Runs `workload=NAME` with at least 4 CPUs and checks what every workload
+/// must show: success, exit status 0, the free-frame count back at its
+/// value before the workload, no VMA left, grace periods completed.
+pub fn run_workload(
+    arch: Arch,
+    per_vma_lock: bool,
+    name: &str,
+    extra: &str,
+) -> (ScenarioRun, std::collections::BTreeMap<String, String>) {
+    let n = smp_cpus();
+    let args = format!("workload={name} {extra}");
+    let r = run_with(
+        arch,
+        per_vma_lock,
+        name,
+        args.trim_end(),
+        Some(n),
+        workload_timeout(arch),
+    );
+    r.require_outcome(Outcome::Pass);
+    let f = summary(&r);
+    r.require(
+        f.get("workload").map(String::as_str) == Some(name),
+        "summary names the workload",
+    );
+    r.require(
+        f.get("status").map(String::as_str) == Some("0"),
+        "the program exited with 0",
+    );
+    r.require(
+        f.get("checks").map(String::as_str) == Some("pass"),
+        "the kernel's checks passed",
+    );
+    r.require(
+        f.get("per_vma_lock").map(String::as_str) == Some(if per_vma_lock { "on" } else { "off" }),
+        "per-VMA locking as configured",
+    );
+    let (before, after) = (
+        num(&r, &f, "frames_free_before"),
+        num(&r, &f, "frames_free_after"),
+    );
+    r.require(
+        before == after,
+        &format!("frames free {before} before, {after} after"),
+    );
+    r.require(
+        num(&r, &f, "vmas_live") == 0,
+        "no VMA left after the workload",
+    );
+    r.require(
+        num(&r, &f, "rcu_grace_periods") > 0,
+        "RCU grace periods completed",
+    );
+    r.require(num(&r, &f, "cpus") == u64::from(n), "every CPU online");
+    (r, f)
+}
+
+/// `workload=faultstorm`: faults resolved (per-VMA locked when on, under
+/// the mmap lock when off), TLB shootdowns across CPUs, nothing leaked.
+pub fn scenario_faultstorm(arch: Arch, per_vma_lock: bool) {
+    let (r, f) = run_workload(arch, per_vma_lock, "faultstorm", "pages=64 rounds=2");
+    let faults = num(&r, &f, "faults");
+    let n = u64::from(smp_cpus());
+    r.require(
+        faults >= n * 64 * 2,
+        &format!("{faults} faults for {n} threads x 64 pages x 2 rounds"),
+    );
+    let success = num(&r, &f, "vma_lock_success");
+    let locked = num(&r, &f, "mmap_locked_faults");
+    if per_vma_lock {
+        r.require(success > 0, "per-VMA locking handled faults");
+    } else {
+        r.require(
+            success == 0,
+            "no per-VMA locked fault with per-VMA locking off",
+        );
+        r.require(locked >= faults / 2, "faults went under the mmap lock");
+    }
+    r.require(
+        num(&r, &f, "remote_flushes") > 0,
+        "munmap shot down other CPUs' TLBs",
+    );
+    r.require_line("faultstorm: threads=");
+    r.require_line(" faults/s; ");
+}
+
+/// `workload=forkbomb-lite`: fork, copy-on-write, munmap, exit, in a loop.
+pub fn scenario_forkbomb(arch: Arch, per_vma_lock: bool) {
+    let (r, _) = run_workload(arch, per_vma_lock, "forkbomb-lite", "");
+    r.require_line("forkbomb: 48 processes forked, all exited cleanly");
+}
+
+/// `workload=segv`: the kernel kills each faulting program with a clear
+/// line and keeps going.
+pub fn scenario_segv(arch: Arch, per_vma_lock: bool) {
+    let (r, _) = run_workload(arch, per_vma_lock, "segv", "");
+    r.require_line("killed: segfault at 0x1000 (read), pc=0x");
+    r.require_line("killed: segfault at 0x");
+    r.require_line(" (write), pc=0x");
+    r.require_line(" (exec), pc=0x");
+    let kills = r.log_text.matches(") killed: segfault at ").count();
+    r.require(kills == 4, &format!("{kills} kill lines, expected 4"));
+    for what in [
+        "read of an unmapped address",
+        "write to a read-only page",
+        "execution of a data page",
+        "fault with a sibling thread running",
+    ] {
+        r.require_line(&format!("segv: {what}: child killed with SEGV as expected"));
+    }
+    r.require_line("segv: all checks passed");
 }

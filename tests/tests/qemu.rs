@@ -1,14 +1,48 @@
 //! Every scenario on every architecture and `per-vma-lock` configuration.
+//! Architectures whose port implements the task contract (arch/src/lib.rs)
+//! also run the scenarios that need the scheduler and user mode
+//! (`tasks`), with at least 4 CPUs.
 //!
 //! Test names are `ARCH::CONFIG::SCENARIO` (CONFIG is `pvl` or `nopvl`);
 //! `cargo xtask test` selects architectures with those prefixes as filters.
 
 use qemu_tests::Arch;
 
+/// The scenarios that need the scheduler and user mode.
+macro_rules! task_scenarios {
+    (tasks, $arch:expr, $per_vma_lock:expr) => {
+        #[test]
+        fn smp() {
+            qemu_tests::scenario_smp($arch, $per_vma_lock);
+        }
+
+        #[test]
+        fn user() {
+            qemu_tests::scenario_user($arch, $per_vma_lock);
+        }
+
+        #[test]
+        fn faultstorm() {
+            qemu_tests::scenario_faultstorm($arch, $per_vma_lock);
+        }
+
+        #[test]
+        fn forkbomb_lite() {
+            qemu_tests::scenario_forkbomb($arch, $per_vma_lock);
+        }
+
+        #[test]
+        fn segv() {
+            qemu_tests::scenario_segv($arch, $per_vma_lock);
+        }
+    };
+}
+
 macro_rules! scenarios {
-    ($config:ident, $arch:expr, $per_vma_lock:expr) => {
+    ($config:ident, $arch:expr, $per_vma_lock:expr $(, $tasks:ident)?) => {
         pub mod $config {
             use super::*;
+            $(task_scenarios!($tasks, $arch, $per_vma_lock);)?
 
             #[test]
             fn boot() {
@@ -35,8 +69,8 @@ macro_rules! scenarios {
 
 mod x86_64 {
     use super::*;
-    scenarios!(pvl, Arch::X86_64, true);
-    scenarios!(nopvl, Arch::X86_64, false);
+    scenarios!(pvl, Arch::X86_64, true, tasks);
+    scenarios!(nopvl, Arch::X86_64, false, tasks);
 }
 
 mod mips64 {
