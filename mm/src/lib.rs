@@ -8,6 +8,7 @@
 pub mod addr;
 pub mod cpu;
 pub mod frame;
+pub mod mmu_context;
 pub mod pgtable;
 pub mod phys;
 pub mod rcu;

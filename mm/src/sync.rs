@@ -57,13 +57,51 @@ impl<T: ?Sized> UnsafeCell<T> {
 pub use loom::cell::UnsafeCell;
 
 /// Tells the CPU (or loom's scheduler) that we are spinning on a value
-/// another CPU will change.
+/// another CPU will change, after running the kernel's spin hook (see
+/// [`set_spin_hook`]).
 #[inline(always)]
 pub fn spin_loop() {
     #[cfg(loom)]
     loom::thread::yield_now();
     #[cfg(not(loom))]
-    core::hint::spin_loop();
+    {
+        run_spin_hook();
+        core::hint::spin_loop();
+    }
+}
+
+/// The function every [`spin_loop`] calls, as a raw pointer (null: none).
+#[cfg(not(loom))]
+static SPIN_HOOK: core::sync::atomic::AtomicPtr<()> =
+    core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+
+/// Installs `hook` to run in every spin-wait iteration of `mm` (and of any
+/// kernel loop that spins with [`spin_loop`]). The kernel needs it on
+/// machines without inter-processor interrupts: a CPU spinning with
+/// interrupts off, for instance on the mmap lock held by a CPU that waits
+/// for its TLB shootdown answer, must answer from the spin (see
+/// [`crate::mmu_context`]). The hook must be cheap when there is nothing to
+/// do, must not spin on anything itself but briefly held locks, and must
+/// tolerate being called from inside itself (return at once). Not available
+/// under loom, whose models drive answers explicitly.
+#[cfg(not(loom))]
+pub fn set_spin_hook(hook: fn()) {
+    // Relaxed: the hook is a function (code, not data published with it);
+    // a CPU that misses the store for a few iterations merely spins without
+    // it, and the kernel installs it before it starts the other CPUs.
+    SPIN_HOOK.store(hook as *mut (), core::sync::atomic::Ordering::Relaxed);
+}
+
+#[cfg(not(loom))]
+#[inline(always)]
+fn run_spin_hook() {
+    let h = SPIN_HOOK.load(core::sync::atomic::Ordering::Relaxed);
+    if !h.is_null() {
+        // SAFETY: the only non-null value ever stored is a `fn()` cast to a
+        // pointer in `set_spin_hook`; casting it back yields that function.
+        let f: fn() = unsafe { core::mem::transmute::<*mut (), fn()>(h) };
+        f();
+    }
 }
 
 /// A test-and-test-and-set spin lock, built on [`AtomicBool`] from this
@@ -203,6 +241,13 @@ pub enum Fault {
     /// Page table: walkers read table entries with Relaxed loads, so they
     /// are not ordered after the zeroing of the table they enter.
     PgtableWalkRelaxed = 1 << 14,
+    /// TLB shootdown: the initiator reads a CPU's context word with a load
+    /// instead of a read-modify-write, so a concurrent activation may refill
+    /// from a page-table entry the initiator already cleared.
+    TlbFlushPlainLoad = 1 << 16,
+    /// TLB shootdown: a CPU clears its ACTIVE bit with a Relaxed RMW, so its
+    /// last accesses are not ordered before the initiator's frees.
+    TlbDeactivateRelaxed = 1 << 17,
 }
 
 #[cfg(loom)]
