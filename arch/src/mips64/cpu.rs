@@ -2,8 +2,10 @@
 
 use core::arch::asm;
 use core::fmt;
+use core::sync::atomic::{AtomicBool, Ordering};
 
-use super::cp0;
+use super::cp0::{self, status};
+use super::smp::MAX_CPUS;
 
 /// PRId fields: company (23:16), implementation (15:8), revision (7:0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,4 +139,34 @@ pub fn halt_forever() -> ! {
         // has no other architectural effect.
         unsafe { asm!("wait", options(nomem, nostack, preserves_flags)) };
     }
+}
+
+/// Per CPU: inside [`idle_wait`] (read by the timer interrupt).
+static IDLE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// Whether this CPU is inside [`idle_wait`].
+pub fn in_idle() -> bool {
+    IDLE[cp0::cpu_num() as usize % MAX_CPUS].load(Ordering::Relaxed)
+}
+
+/// Idles until the next interrupt: answers the shootdown mailbox, enables
+/// interrupts, `wait`s, and disables them again after the interrupt (the
+/// timer tick, reported to the kernel as [`super::trap::TickFrom::Idle`])
+/// was handled. The kernel checks for work before and after; an interrupt
+/// that arrives between enabling and `wait` is taken at once, and `wait`
+/// then sleeps until the next one, so a wake-up is late by at most a tick.
+pub fn idle_wait() {
+    let cpu = cp0::cpu_num() as usize % MAX_CPUS;
+    super::mmu::answer();
+    // Relaxed: read by this CPU's own interrupt handler only.
+    IDLE[cpu].store(true, Ordering::Relaxed);
+    // SAFETY: enabling interrupts here is the kernel's rule (idle and user
+    // mode only); the timer handler runs on this stack and returns here.
+    // `wait` has no architectural effect besides idling.
+    unsafe {
+        cp0::set_status(cp0::status() | status::IE);
+        asm!("wait", options(nomem, nostack, preserves_flags));
+        cp0::set_status(cp0::status() & !status::IE);
+    }
+    IDLE[cpu].store(false, Ordering::Relaxed);
 }

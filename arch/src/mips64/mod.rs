@@ -23,7 +23,8 @@
 //! Address-space use (the CPU has 64-bit segments; Status.KX/UX are set):
 //!
 //! ```text
-//!   0x0000_0000_0000_0000 ..  xuseg (user, TLB mapped; empty until issue 6)
+//!   0x0000_0000_0000_0000 ..  xuseg (user, TLB mapped: the refill handler
+//!                             walks the running address space's page table)
 //!   0x9800_0000_0000_0000 ..  XKPHYS cached: physical memory (phys_to_virt)
 //!   0xc000_0000_0000_0000 ..  XKSEG (kernel, TLB mapped; empty)
 //!   0xffff_ffff_8000_0000 ..  CKSEG0: the kernel image, unmapped, cached
@@ -34,15 +35,33 @@
 #[cfg_attr(not(feature = "board-octeon"), path = "malta/mod.rs")]
 pub mod board;
 pub mod console;
+pub mod context;
 pub mod cp0;
 pub mod cpu;
 mod entry;
 pub mod exit;
+pub mod mmu;
 pub mod paging;
 pub mod smp;
+pub mod timer;
 pub mod tlb;
 pub mod trap;
 pub mod uhi;
 
 /// The architecture's name as the banner prints it.
 pub const NAME: &str = "mips64";
+
+/// Per-CPU MMU and exception setup, on every CPU before it can fault: the
+/// kernel's exception vectors, the TLB reset and configuration
+/// ([`tlb::init`]), and KScratch2 pointing at the empty root
+/// ([`mmu::empty_root`]) with ASID 0. The boot CPU's entry code calls it;
+/// a secondary released by [`smp::start_secondary`] calls it first thing.
+/// Interrupts stay off; [`timer::start`] starts the tick.
+pub fn init_cpu() -> Result<tlb::TlbInfo, tlb::TlbError> {
+    trap::init();
+    let info = tlb::init()?;
+    // SAFETY: the empty root is a valid, all-zero root table for the whole
+    // run, and EntryHi holds ASID 0 after `tlb::init`.
+    unsafe { cp0::set_kscratch_pgd(mmu::empty_root()) };
+    Ok(info)
+}
