@@ -6,7 +6,7 @@
 //!
 //! | key | values | default |
 //! | --- | --- | --- |
-//! | `test` | `boot`, `pagefault`, `panic` | none: run the workload |
+//! | `test` | `boot`, `pagefault`, `panic`, `mips-user`, `mips-shootdown` | none: run the workload |
 //! | `workload` | `none` | `none` |
 //! | `per_vma_lock` | `on`, `off` | `on` when compiled in |
 
@@ -24,6 +24,11 @@ pub enum Scenario {
     PageFault,
     /// Panic deliberately; the run must end with the failure status.
     Panic,
+    /// MIPS64 only: user mode, syscalls, refills and faults, ASID rollover,
+    /// driven directly by the kernel (no scheduler).
+    MipsUser,
+    /// MIPS64 only, two or more CPUs: cross-CPU TLB shootdown without IPIs.
+    MipsShootdown,
 }
 
 /// The workload to run after boot (`workload=NAME`).
@@ -35,10 +40,12 @@ pub enum Workload {
 }
 
 impl Scenario {
-    pub const ALL: [(&'static str, Scenario); 3] = [
+    pub const ALL: [(&'static str, Scenario); 5] = [
         ("boot", Scenario::Boot),
         ("pagefault", Scenario::PageFault),
         ("panic", Scenario::Panic),
+        ("mips-user", Scenario::MipsUser),
+        ("mips-shootdown", Scenario::MipsShootdown),
     ];
 
     pub fn name(self) -> &'static str {
@@ -84,7 +91,8 @@ pub enum OptionError<'a> {
 }
 
 /// One line per key with its values, for error messages and `--help` text.
-pub const VALID_KEYS: &str = "test=boot|pagefault|panic, workload=none, per_vma_lock=on|off";
+pub const VALID_KEYS: &str =
+    "test=boot|pagefault|panic|mips-user|mips-shootdown, workload=none, per_vma_lock=on|off";
 
 impl fmt::Display for OptionError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -161,6 +169,11 @@ mod tests {
         assert_eq!(parse("per_vma_lock=on").unwrap().per_vma_lock, Some(true));
         assert_eq!(parse("test=panic").unwrap().test, Some(Scenario::Panic));
         assert_eq!(Scenario::PageFault.name(), "pagefault");
+        assert_eq!(
+            parse("test=mips-shootdown").unwrap().test,
+            Some(Scenario::MipsShootdown)
+        );
+        assert_eq!(Scenario::MipsUser.name(), "mips-user");
     }
 
     #[test]

@@ -8,9 +8,12 @@
 //! xtask shows as the run's summary.
 #![no_std]
 #![no_main]
+#![cfg_attr(target_arch = "mips64", feature(asm_experimental_arch))]
 
 #[macro_use]
 mod console;
+#[cfg(target_arch = "mips64")]
+mod mips;
 
 use core::fmt::{self, Write};
 use core::panic::PanicInfo;
@@ -24,7 +27,7 @@ use boot::{BootInfo, RegionKind};
 const PER_VMA_LOCK_BUILT: bool = cfg!(feature = "per-vma-lock");
 
 /// Prints the closing line and ends the run.
-fn finish(status: ExitStatus, args: fmt::Arguments<'_>) -> ! {
+pub(crate) fn finish(status: ExitStatus, args: fmt::Arguments<'_>) -> ! {
     let verdict = match status {
         ExitStatus::Success => "pass",
         ExitStatus::Failure => "fail",
@@ -125,6 +128,15 @@ pub extern "Rust" fn samara_main(info: &'static BootInfo) -> ! {
             println!("test panic: panicking on purpose");
             panic!("deliberate panic (test=panic)");
         }
+        #[cfg(target_arch = "mips64")]
+        Some(Scenario::MipsUser) => mips::scenario_user(info),
+        #[cfg(target_arch = "mips64")]
+        Some(Scenario::MipsShootdown) => mips::scenario_shootdown(info),
+        #[cfg(not(target_arch = "mips64"))]
+        Some(s @ (Scenario::MipsUser | Scenario::MipsShootdown)) => finish(
+            ExitStatus::Failure,
+            format_args!("test={} runs on mips64 only", s.name()),
+        ),
         None => match opts.workload {
             Workload::None => finish(
                 ExitStatus::Success,

@@ -118,15 +118,25 @@ impl Context {
     }
 }
 
-/// Saves the current kernel context in `prev` and resumes `next`. Returns
-/// when something switches back to `prev`.
+/// Saves the current kernel context in `*prev` and resumes `*next`.
+/// Returns when something switches back to `*prev`.
+///
+/// Raw pointers, not references: the context being switched away from is
+/// typically switched back to by code running on the other stack (a trap
+/// handler, the scheduler), which must be able to name it meanwhile.
 ///
 /// # Safety
-/// `next` must hold a context saved by `switch` (or made by
-/// [`Context::new`]) that is not running, whose stack is still valid, on
-/// this CPU or one it may migrate to; interrupts must be off.
-pub unsafe fn switch(prev: &mut Context, next: &Context) {
+/// `prev` must be valid for writes and `next` for reads; `*next` must hold
+/// a context saved by `switch` (or made by [`Context::new`]) that is not
+/// running, whose stack is still valid; interrupts must be off.
+pub unsafe fn switch(prev: *mut Context, next: *const Context) {
     // SAFETY: per the function's contract; the asm follows the C ABI and
-    // preserves every callee-saved register of both contexts.
-    unsafe { samara_mips_switch(&mut prev.sp, next.sp) };
+    // preserves every callee-saved register of both contexts. `next.sp` is
+    // read before the asm stores to `prev.sp` (they may be the same object
+    // only if the caller switches to itself, which the read-then-write
+    // order keeps harmless).
+    unsafe {
+        let next_sp = (*next).sp;
+        samara_mips_switch(&raw mut (*prev).sp, next_sp)
+    };
 }

@@ -170,3 +170,27 @@ pub fn idle_wait() {
     }
     IDLE[cpu].store(false, Ordering::Relaxed);
 }
+
+/// Makes `len` bytes of instructions just written at `addr` (a kernel
+/// address: XKPHYS or CKSEG0) visible to instruction fetch on every CPU:
+/// `synci` on each line (MIPS r2; Octeon's caches keep the rest coherent),
+/// then `sync`. QEMU models no caches; real Octeons need this before user
+/// code copied by the kernel runs.
+pub fn sync_icache(addr: u64, len: u64) {
+    let step: u64;
+    // SAFETY: `rdhwr $1` (SYNCI_Step) is always allowed in kernel mode.
+    unsafe {
+        asm!(".set push", ".set mips64r2", "rdhwr {0}, $1", ".set pop", out(reg) step, options(nomem, nostack, preserves_flags))
+    };
+    if step != 0 {
+        let mut a = addr & !(step - 1);
+        while a < addr + len {
+            // SAFETY: `synci` only writes back and invalidates cache lines
+            // of an address the kernel may access.
+            unsafe { asm!("synci 0({0})", in(reg) a, options(nostack, preserves_flags)) };
+            a += step;
+        }
+    }
+    // SAFETY: a full barrier; no other effect.
+    unsafe { asm!("sync", options(nostack, preserves_flags)) };
+}
