@@ -293,10 +293,7 @@ fn setup_frames(info: &BootInfo) -> &'static FrameAllocator {
             )
         } {
             Ok(f) => f,
-            Err(e) => finish(
-                ExitStatus::Failure,
-                format_args!("frame allocator: {e:?}"),
-            ),
+            Err(e) => finish(ExitStatus::Failure, format_args!("frame allocator: {e:?}")),
         }
     })
 }
@@ -743,12 +740,16 @@ pub fn scenario_user(info: &BootInfo) -> ! {
     let demand = s.pt.lookup(DEMAND);
     let ro = s.pt.lookup(RO);
     if !demand.prot().contains(Prot::WRITE) || !ro.prot().contains(Prot::WRITE) {
-        fail(format_args!("mips-user: PTEs after the faults: {demand:?}, {ro:?}"));
+        fail(format_args!(
+            "mips-user: PTEs after the faults: {demand:?}, {ro:?}"
+        ));
     }
     // SAFETY: the demand page's frame, mapped by the fault handler.
     let written = unsafe { frame_ptr(demand.frame().expect("mapped")).read_volatile() };
     if written != 0x1234 {
-        fail(format_args!("mips-user: the demand page holds {written:#x}"));
+        fail(format_args!(
+            "mips-user: the demand page holds {written:#x}"
+        ));
     }
     s.destroy();
 
@@ -1109,7 +1110,9 @@ pub fn scenario_shootdown(info: &BootInfo) -> ! {
     let mut d = Deadline::secs(20);
     while counter() < 1000 {
         if d.expired() {
-            fail(format_args!("mips-shootdown: CPU 1's user loop does not run"));
+            fail(format_args!(
+                "mips-shootdown: CPU 1's user loop does not run"
+            ));
         }
         mm::sync::spin_loop();
     }
@@ -1269,4 +1272,3 @@ fn space_unmap(m: &Space, va: u64) {
         fail(format_args!("unmap of {va:#x} removed nothing"));
     }
 }
-

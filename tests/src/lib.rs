@@ -114,6 +114,17 @@ impl ScenarioRun {
 /// Builds (once) and boots `arch` with `per_vma_lock` as configured and
 /// `kernel_args` on the command line; `name` labels the log file.
 pub fn run(arch: Arch, per_vma_lock: bool, name: &str, kernel_args: &str) -> ScenarioRun {
+    run_with(arch, per_vma_lock, name, kernel_args, 1)
+}
+
+/// [`run`] with at least `min_smp` CPUs (more if `SAMARA_TEST_SMP` asks).
+pub fn run_with(
+    arch: Arch,
+    per_vma_lock: bool,
+    name: &str,
+    kernel_args: &str,
+    min_smp: u32,
+) -> ScenarioRun {
     let config = KernelConfig {
         arch,
         board: Board::Malta,
@@ -126,8 +137,9 @@ pub fn run(arch: Arch, per_vma_lock: bool, name: &str, kernel_args: &str) -> Sce
     let smp = env_or("SAMARA_TEST_SMP", "1");
     let machine = Machine {
         smp: smp
-            .parse()
-            .unwrap_or_else(|_| panic!("SAMARA_TEST_SMP={smp} is not a number")),
+            .parse::<u32>()
+            .unwrap_or_else(|_| panic!("SAMARA_TEST_SMP={smp} is not a number"))
+            .max(min_smp),
         mem: qemu::parse_mem(&env_or("SAMARA_TEST_MEM", qemu::DEFAULT_MEM))
             .unwrap_or_else(|e| panic!("SAMARA_TEST_MEM: {e}")),
         accel,
@@ -222,4 +234,46 @@ pub fn scenario_bad_args(arch: Arch, per_vma_lock: bool) {
     r.require_outcome(Outcome::KernelFailure);
     r.require_line("bad kernel command line: unknown key `frobnicate`; valid keys: test=");
     r.require_line("samara: exit 1");
+}
+
+/// `test=mips-user` (MIPS64): user mode, syscalls, refills, the two
+/// expected faults, and ASID isolation across generation rollovers.
+pub fn scenario_mips_user(per_vma_lock: bool) {
+    let r = run(Arch::Mips64, per_vma_lock, "mips-user", "test=mips-user");
+    r.require_outcome(Outcome::Pass);
+    r.require_line("mips-user: exit 0, 4 syscalls, 2 faults resolved");
+    r.require_line("mips-user: 600 rounds of two address spaces");
+    r.require_line("samara: result: pass: test mips-user:");
+    r.require_line("no frame leaked");
+    let line = r.line_after("mips-user: 600 rounds of two address spaces at 0x200000: ");
+    let rollovers: u64 = line
+        .split(", ")
+        .nth(1)
+        .and_then(|w| w.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    r.require(rollovers >= 2, "at least two ASID generation rollovers");
+}
+
+/// `test=mips-shootdown` (MIPS64, two CPUs or more): CPU 0 unmaps pages in
+/// CPU 1's TLB and CPU 1's next access faults, with CPU 1 in user mode,
+/// switched away, spinning in the kernel, and idle.
+pub fn scenario_mips_shootdown(per_vma_lock: bool) {
+    let r = run_with(
+        Arch::Mips64,
+        per_vma_lock,
+        "mips-shootdown",
+        "test=mips-shootdown",
+        2,
+    );
+    r.require_outcome(Outcome::Pass);
+    r.require_line("platform:     malta, ");
+    r.require_line("mips-shootdown: phase 1 (user mode, answered from the tick)");
+    r.require_line("CPU 1 faulted at 0x200000");
+    r.require_line("mips-shootdown: phase 2 (switched away: lazy): 0 posted, 1 invalidated lazily");
+    r.require_line("faulted at 0x220000");
+    r.require_line("P3 in CPU 1's TLB before true, after false");
+    r.require_line("P4 in CPU 1's TLB before true, after false");
+    r.require_line("samara: result: pass: test mips-shootdown:");
+    r.require_line("no frame leaked");
 }

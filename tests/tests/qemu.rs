@@ -6,9 +6,11 @@
 use qemu_tests::Arch;
 
 macro_rules! scenarios {
-    ($config:ident, $arch:expr, $per_vma_lock:expr) => {
+    ($config:ident, $arch:expr, $per_vma_lock:expr $(, $extra:item)*) => {
         pub mod $config {
             use super::*;
+
+            $($extra)*
 
             #[test]
             fn boot() {
@@ -41,6 +43,30 @@ mod x86_64 {
 
 mod mips64 {
     use super::*;
-    scenarios!(pvl, Arch::Mips64, true);
-    scenarios!(nopvl, Arch::Mips64, false);
+    scenarios!(
+        pvl,
+        Arch::Mips64,
+        true,
+        #[test]
+        fn mips_user() {
+            qemu_tests::scenario_mips_user(true);
+        },
+        #[test]
+        fn mips_shootdown() {
+            qemu_tests::scenario_mips_shootdown(true);
+        }
+    );
+    scenarios!(
+        nopvl,
+        Arch::Mips64,
+        false,
+        #[test]
+        fn mips_user() {
+            qemu_tests::scenario_mips_user(false);
+        },
+        #[test]
+        fn mips_shootdown() {
+            qemu_tests::scenario_mips_shootdown(false);
+        }
+    );
 }

@@ -112,7 +112,8 @@ impl Context {
             }
             regs.add(0).write(entry as usize as u64); // s0
             regs.add(1).write(arg); // s1
-            regs.add(10).write(samara_mips_task_start as *const () as u64); // ra
+            regs.add(10)
+                .write(samara_mips_task_start as *const () as u64); // ra
         }
         Context { sp }
     }

@@ -157,8 +157,8 @@ pub fn init() -> Result<TlbInfo, TlbError> {
     // SAFETY: 4 KiB pages for every later TLB write.
     unsafe { cp0::set_pagemask(0) };
 
-    // SAFETY (both probes): EntryHi is rewritten with ASID 0 below; no user
-    // mapping is in use, interrupts are off.
+    // SAFETY: a probe of the implemented ASID bits. EntryHi is rewritten
+    // with ASID 0 below; no user mapping is in use, interrupts are off.
     unsafe { cp0::tlb::set_entryhi(0x3ff) };
     let asid_mask = cp0::entryhi() & 0x3ff;
     if asid_mask == 0 || (asid_mask + 1) & asid_mask != 0 {
@@ -166,7 +166,7 @@ pub fn init() -> Result<TlbInfo, TlbError> {
         unsafe { cp0::tlb::set_entryhi(0) };
         return Err(TlbError::BadAsidMask(asid_mask));
     }
-    // SAFETY: as above.
+    // SAFETY: a probe of the implemented VPN2 bits, as above.
     unsafe { cp0::tlb::set_entryhi(0x3fff_ffff_ffff_e000) };
     let segbits = 64 - (cp0::entryhi() & 0x3fff_ffff_ffff_e000).leading_zeros();
     // SAFETY: as above.

@@ -670,7 +670,12 @@ extern "C" fn samara_mips_trap(frame: &mut TrapFrame) {
             _ => {
                 let report = decode_fault(frame);
                 match report {
-                    Some(r) if from_user || (is_user_addr(r.address) && code != exc::ADEL && code != exc::ADES) => {
+                    Some(r)
+                        if from_user
+                            || (is_user_addr(r.address)
+                                && code != exc::ADEL
+                                && code != exc::ADES) =>
+                    {
                         if !(h.page_fault)(frame, &r) {
                             if from_user {
                                 (h.user_exception)(frame);
