@@ -244,10 +244,10 @@ pub enum Fault {
     /// TLB shootdown: the initiator reads a CPU's context word with a load
     /// instead of a read-modify-write, so a concurrent activation may refill
     /// from a page-table entry the initiator already cleared.
-    TlbFlushPlainLoad = 1 << 16,
+    TlbFlushPlainLoad = 1 << 18,
     /// TLB shootdown: a CPU clears its ACTIVE bit with a Relaxed RMW, so its
     /// last accesses are not ordered before the initiator's frees.
-    TlbDeactivateRelaxed = 1 << 17,
+    TlbDeactivateRelaxed = 1 << 19,
 }
 
 #[cfg(loom)]

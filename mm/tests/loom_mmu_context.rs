@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-//!     cargo test -p mm --release --test loom_shootdown -- --test-threads=1
+//!     cargo test -p mm --release --test loom_mmu_context -- --test-threads=1
 //! ```
 //!
 //! CPU 0 unmaps a page (clears its entry), flushes the address space, then
