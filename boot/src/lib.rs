@@ -6,6 +6,7 @@
 //! arch layer only hands them the raw pointers it received.
 #![cfg_attr(not(test), no_std)]
 
+pub mod acpi;
 pub mod cmdline;
 pub mod malta;
 pub mod memmap;
@@ -26,6 +27,10 @@ pub struct BootInfo {
     pub cmdline: CmdLine,
     /// Name of the platform ("qemu-pvh", "malta", "octeon").
     pub platform: &'static str,
-    /// Number of CPUs the boot protocol reports (1 if it does not say).
+    /// Number of CPUs the boot protocol reports (1 if it does not say; on
+    /// x86_64 the arch layer sets it from the ACPI MADT).
     pub cpu_count: u32,
+    /// Physical address of the ACPI RSDP if the boot loader passed one
+    /// (PVH `rsdp_paddr`), else 0.
+    pub acpi_rsdp: u64,
 }

@@ -456,6 +456,7 @@ pub fn parse(
         cmdline,
         platform: "malta",
         cpu_count,
+        acpi_rsdp: 0,
     })
 }
 

@@ -1051,6 +1051,7 @@ pub fn parse<M: BootMemory + ?Sized>(
         platform: "octeon",
         // Samara drives cores 0..63 (`mm::cpu::MAX_CPUS`).
         cpu_count: core_mask.low64().count_ones(),
+        acpi_rsdp: 0,
     };
     Ok((boot, info))
 }

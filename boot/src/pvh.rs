@@ -240,6 +240,7 @@ pub fn parse(
         cmdline,
         platform: "pvh",
         cpu_count: 1,
+        acpi_rsdp: u64_at(si, 32),
     })
 }
 
@@ -279,7 +280,7 @@ mod tests {
         v.extend_from_slice(&0u32.to_le_bytes()); // nr_modules
         v.extend_from_slice(&0u64.to_le_bytes()); // modlist
         v.extend_from_slice(&cmdline.to_le_bytes());
-        v.extend_from_slice(&0u64.to_le_bytes()); // rsdp
+        v.extend_from_slice(&0xf_5000u64.to_le_bytes()); // rsdp
         v.extend_from_slice(&MAP.to_le_bytes());
         v.extend_from_slice(&entries.to_le_bytes());
         v.extend_from_slice(&0u32.to_le_bytes());
@@ -334,6 +335,7 @@ mod tests {
         let info = parse(&m, SI, 0x10_0000..0x12_3456).unwrap();
         assert_eq!(info.cmdline.as_str(), "test=boot per_vma_lock=off");
         assert_eq!(info.platform, "pvh");
+        assert_eq!(info.acpi_rsdp, 0xf_5000);
         assert_eq!(
             &spans(&info)[..4],
             &[

@@ -13,6 +13,7 @@ pub mod mmu_context;
 pub mod pgtable;
 pub mod phys;
 pub mod rcu;
+pub mod shootdown;
 pub mod slab;
 pub mod sync;
 pub mod vma;

@@ -558,6 +558,16 @@ impl<'a> RcuCpu<'a> {
         self.rcu.invoke_ready(self.cpu);
     }
 
+    /// Reports a quiescent state without driving the grace-period engine or
+    /// running callbacks: for hot paths (the kernel's return to user mode
+    /// after every fault and syscall). It reads `gp_seq` and writes only
+    /// this CPU's own line, and only once per grace period; the engine
+    /// notices the report at the next [`Self::quiescent_state`] on any CPU
+    /// (the tick does one).
+    pub fn report(&mut self) {
+        self.report_qs();
+    }
+
     fn report_qs(&self) {
         let st = self.state();
         #[cfg(debug_assertions)]

@@ -57,7 +57,7 @@ impl<T: ?Sized> UnsafeCell<T> {
 pub use loom::cell::UnsafeCell;
 
 /// Tells the CPU (or loom's scheduler) that we are spinning on a value
-/// another CPU will change, after running the kernel's spin hook (see
+/// another CPU will change, after running the spin hook (see
 /// [`set_spin_hook`]).
 #[inline(always)]
 pub fn spin_loop() {
@@ -65,43 +65,26 @@ pub fn spin_loop() {
     loom::thread::yield_now();
     #[cfg(not(loom))]
     {
-        run_spin_hook();
+        if let Some(hook) = SPIN_HOOK.get() {
+            hook();
+        }
         core::hint::spin_loop();
     }
 }
 
-/// The function every [`spin_loop`] calls, as a raw pointer (null: none).
+/// Called on every iteration of every spin-wait loop in `mm` (locks, VMA
+/// writers draining readers, RCU waits).
 #[cfg(not(loom))]
-static SPIN_HOOK: core::sync::atomic::AtomicPtr<()> =
-    core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+static SPIN_HOOK: spin::Once<fn()> = spin::Once::new();
 
-/// Installs `hook` to run in every spin-wait iteration of `mm` (and of any
-/// kernel loop that spins with [`spin_loop`]). The kernel needs it on
-/// machines without inter-processor interrupts: a CPU spinning with
-/// interrupts off, for instance on the mmap lock held by a CPU that waits
-/// for its TLB shootdown answer, must answer from the spin (see
-/// [`crate::mmu_context`]). The hook must be cheap when there is nothing to
-/// do, must not spin on anything itself but briefly held locks, and must
-/// tolerate being called from inside itself (return at once). Not available
-/// under loom, whose models drive answers explicitly.
+/// Installs the spin hook, once. The kernel services cross-CPU requests
+/// there: its CPUs run with interrupts off, so a CPU that spins on a lock
+/// while the lock's holder waits for that CPU to acknowledge a TLB
+/// shootdown would deadlock if the spin loop did not answer it. The hook
+/// must not spin or take locks itself. A second call keeps the first hook.
 #[cfg(not(loom))]
 pub fn set_spin_hook(hook: fn()) {
-    // Relaxed: the hook is a function (code, not data published with it);
-    // a CPU that misses the store for a few iterations merely spins without
-    // it, and the kernel installs it before it starts the other CPUs.
-    SPIN_HOOK.store(hook as *mut (), core::sync::atomic::Ordering::Relaxed);
-}
-
-#[cfg(not(loom))]
-#[inline(always)]
-fn run_spin_hook() {
-    let h = SPIN_HOOK.load(core::sync::atomic::Ordering::Relaxed);
-    if !h.is_null() {
-        // SAFETY: the only non-null value ever stored is a `fn()` cast to a
-        // pointer in `set_spin_hook`; casting it back yields that function.
-        let f: fn() = unsafe { core::mem::transmute::<*mut (), fn()>(h) };
-        f();
-    }
+    SPIN_HOOK.call_once(|| hook);
 }
 
 /// A test-and-test-and-set spin lock, built on [`AtomicBool`] from this
@@ -241,6 +224,13 @@ pub enum Fault {
     /// Page table: walkers read table entries with Relaxed loads, so they
     /// are not ordered after the zeroing of the table they enter.
     PgtableWalkRelaxed = 1 << 14,
+    /// Shootdown: the initiator samples the CPUs' loaded address spaces with
+    /// plain loads instead of RMWs, so a CPU that is activating the address
+    /// space may be missed while it misses the stale mark.
+    ShootdownSampleLoad = 1 << 16,
+    /// Shootdown: an initiator posts its request with a Relaxed RMW, so a
+    /// target may read an old request (and skip the flush it asks for).
+    ShootdownPendingRelaxed = 1 << 17,
     /// TLB shootdown: the initiator reads a CPU's context word with a load
     /// instead of a read-modify-write, so a concurrent activation may refill
     /// from a page-table entry the initiator already cleared.

@@ -311,6 +311,12 @@ pub struct PageTable<'a, F: PteFormat> {
 impl<'a, F: PteFormat> PageTable<'a, F> {
     /// An empty page table covering `[0, F::USER_VA_END)`, its root
     /// allocated on `cpu`.
+    ///
+    /// The root's entries that cover addresses at or above the limit
+    /// (`va_end`, rounded up to a root entry) are the arch layer's: this
+    /// module zeroes them once here and never touches them again, so the
+    /// arch may fill them (x86_64 copies the kernel's upper-half PML4
+    /// entries into them: `arch::mmu::init_user_root`).
     pub fn new(frames: &'a FrameAllocator, cpu: CpuId) -> Result<Self, PgTableError> {
         Self::with_limit(frames, cpu, F::USER_VA_END)
     }
@@ -987,10 +993,27 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
         n
     }
 
+    /// Entries of a level-`level` table starting at `base` that can map
+    /// user addresses: all 512, except in the root, whose entries at and
+    /// above `va_end` belong to the arch layer (x86_64 shares the kernel's
+    /// upper-half tables there, see [`PageTable::new`]) and are never read,
+    /// written, followed or freed here.
+    #[inline]
+    fn user_entries(&self, level: u32, base: u64) -> usize {
+        if level == LEVELS {
+            (self.va_end.saturating_sub(base))
+                .div_ceil(entry_span(level))
+                .min(ENTRIES as u64) as usize
+        } else {
+            ENTRIES
+        }
+    }
+
     /// `destroy` below (and including) the level-`level` table `frame`.
     fn teardown(&self, frame: Frame, level: u32, base: u64, gather: &mut TlbGather<'_>) {
         let t = self.table(frame.start());
-        for (i, slot) in t.e.iter().enumerate() {
+        let n = self.user_entries(level, base);
+        for (i, slot) in t.e.iter().enumerate().take(n) {
             // `self` is consumed: nobody else walks the tree. Acquire still
             // pairs with the installs (P2) before the frames are released.
             let e = slot.load(Ordering::Acquire);
@@ -1021,7 +1044,8 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
         if level == 1 {
             return;
         }
-        for (i, slot) in table.e.iter().enumerate() {
+        let n = self.user_entries(level, base);
+        for (i, slot) in table.e.iter().enumerate().take(n) {
             let e = Self::load_entry(slot);
             if e != 0 {
                 let b = base + i as u64 * entry_span(level);

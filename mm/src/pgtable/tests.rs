@@ -841,3 +841,39 @@ fn pgtable_concurrent_installs_small() {
     );
     destroy_all(&hf, pt, 0);
 }
+
+/// The root entries at and above the limit belong to the arch layer (x86_64
+/// puts the kernel's upper-half PML4 entries there): teardown and the table
+/// walk must neither follow nor free them.
+#[test]
+fn pgtable_root_entries_above_the_limit_are_left_alone() {
+    let hf = host_frames();
+    let baseline = hf.stats().allocated_pages;
+    let mut pt = PageTable::<X86_64Pte>::new(&hf, 0).unwrap();
+    let root = hf.frame_ptr(Frame::containing(pt.root_phys())).unwrap();
+    // What the kernel half looks like to this module: table entries
+    // pointing at memory it does not own (here, a bogus frame number the
+    // allocator never handed out; following or freeing it would trip the
+    // allocator's range assert or corrupt it).
+    let foreign = X86_64Pte::encode_table(PhysAddr::new(0x7777_7000));
+    let entries = root.as_ptr().cast::<u64>();
+    for i in 256..512 {
+        // SAFETY: the root is a 4 KiB table this test's page table owns;
+        // entries 256.. are beyond its 2^47 limit.
+        unsafe { entries.add(i).write(foreign) };
+    }
+    let p = leaf::<X86_64Pte>(&hf, Prot::READ | Prot::USER);
+    pt.install_leaf(0x40_0000, p, 0).unwrap();
+    let mut levels = Vec::new();
+    pt.for_each_table(&mut |level, base| levels.push((level, base)));
+    assert_eq!(
+        levels,
+        vec![(4, 0), (3, 0), (2, 0), (1, 0x40_0000 & !(MIB2 - 1))]
+    );
+    destroy_all(&hf, pt, baseline);
+    // SAFETY: the root frame went back to the allocator, but its memory is
+    // still the host buffer; the test only checks its upper half was not
+    // rewritten by the teardown.
+    let kept = unsafe { entries.add(300).read() };
+    assert_eq!(kept, foreign);
+}
