@@ -51,7 +51,7 @@
 //! that hits a slot just given to another address space only costs that one
 //! a fresh ASID.
 
-use crate::cpu::{CpuId, PerCpu, MAX_CPUS};
+use crate::cpu::{CachePadded, CpuId, MAX_CPUS};
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 
 /// Slots per CPU (direct-mapped by address-space hash).
@@ -68,13 +68,15 @@ pub trait LocalTlb {
     fn flush_all(&self);
 }
 
-/// Why an [`AsidTable`] could not be built.
+/// Why an [`AsidTable`] could not be configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AsidError {
     /// The hardware ASID width is 0 or above [`MAX_ASID_BITS`].
     BadAsidBits(u32),
     /// The CPU count is 0 or above [`MAX_CPUS`].
     BadCpuCount(usize),
+    /// [`AsidTable::configure`] was called twice.
+    AlreadyConfigured,
 }
 
 impl core::fmt::Display for AsidError {
@@ -84,6 +86,7 @@ impl core::fmt::Display for AsidError {
                 write!(f, "{b}-bit ASIDs (supported: 1..={MAX_ASID_BITS})")
             }
             AsidError::BadCpuCount(n) => write!(f, "{n} CPUs (supported: 1..={MAX_CPUS})"),
+            AsidError::AlreadyConfigured => f.write_str("ASID table configured twice"),
         }
     }
 }
@@ -115,58 +118,102 @@ pub struct AsidStats {
     pub reused: u64,
 }
 
-/// The ASID tables of all CPUs. One per system.
-pub struct AsidTable {
-    mask: u64,
-    nr_cpus: usize,
-    cpus: PerCpu<CpuAsids>,
-}
-
+/// The slot address space `mm` uses in every CPU's table (address spaces
+/// with the same slot evict each other).
 #[inline]
-fn slot_of(mm: u64) -> usize {
+pub fn slot_of(mm: u64) -> usize {
     // Fibonacci hashing: address-space numbers are addresses, whose low
     // bits are alignment zeros.
     (mm.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLOTS.trailing_zeros())) as usize
 }
 
+/// The ASID tables of all CPUs. One per system, in a `static` (about
+/// 72 KiB: [`AsidTable::new`] is `const`), configured once at boot with
+/// [`AsidTable::configure`] before any use.
+pub struct AsidTable {
+    /// `2^asid_bits - 1`; 0 until configured.
+    mask: AtomicU64,
+    nr_cpus: AtomicUsize,
+    cpus: [CachePadded<CpuAsids>; MAX_CPUS],
+}
+
+impl Default for AsidTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl AsidTable {
-    /// Tables for `nr_cpus` CPUs with `asid_bits`-bit hardware ASIDs.
-    pub fn new(asid_bits: u32, nr_cpus: usize) -> Result<Self, AsidError> {
+    /// An unconfigured table.
+    pub const fn new() -> Self {
+        AsidTable {
+            mask: AtomicU64::new(0),
+            nr_cpus: AtomicUsize::new(0),
+            cpus: [const {
+                CachePadded(CpuAsids {
+                    asid_cache: AtomicU64::new(0),
+                    current: AtomicUsize::new(NO_SLOT),
+                    slots: [const {
+                        Slot {
+                            mm: AtomicU64::new(0),
+                            ctx: AtomicU64::new(0),
+                        }
+                    }; SLOTS],
+                    rollovers: AtomicU64::new(0),
+                    allocated: AtomicU64::new(0),
+                    reused: AtomicU64::new(0),
+                })
+            }; MAX_CPUS],
+        }
+    }
+
+    /// Sets the hardware ASID width and the CPU count, once, before the
+    /// table is used (the boot CPU, before it starts the others: their
+    /// release orders these Relaxed stores before their first use).
+    pub fn configure(&self, asid_bits: u32, nr_cpus: usize) -> Result<(), AsidError> {
         if asid_bits == 0 || asid_bits > MAX_ASID_BITS {
             return Err(AsidError::BadAsidBits(asid_bits));
         }
         if nr_cpus == 0 || nr_cpus > MAX_CPUS {
             return Err(AsidError::BadCpuCount(nr_cpus));
         }
+        if self.mask.load(Ordering::Relaxed) != 0 {
+            return Err(AsidError::AlreadyConfigured);
+        }
         let mask = (1u64 << asid_bits) - 1;
-        Ok(AsidTable {
-            mask,
-            nr_cpus,
-            cpus: PerCpu::new(|_| CpuAsids {
-                // Version 1, ASID 0: the first allocation is version 1,
-                // ASID 1, so no valid context is ever 0.
-                asid_cache: AtomicU64::new(mask + 1),
-                current: AtomicUsize::new(NO_SLOT),
-                slots: core::array::from_fn(|_| Slot {
-                    mm: AtomicU64::new(0),
-                    ctx: AtomicU64::new(0),
-                }),
-                rollovers: AtomicU64::new(0),
-                allocated: AtomicU64::new(0),
-                reused: AtomicU64::new(0),
-            }),
-        })
+        for c in &self.cpus {
+            // Version 1, ASID 0: the first allocation is version 1, ASID
+            // 1, so no valid context is ever 0.
+            c.asid_cache.store(mask + 1, Ordering::Relaxed);
+        }
+        self.nr_cpus.store(nr_cpus, Ordering::Relaxed);
+        self.mask.store(mask, Ordering::Relaxed);
+        Ok(())
     }
 
-    /// The hardware ASID mask.
+    fn mask(&self) -> u64 {
+        let m = self.mask.load(Ordering::Relaxed);
+        debug_assert_ne!(m, 0, "AsidTable used before configure()");
+        m
+    }
+
+    /// A configured table on the heap (host tests).
+    #[cfg(any(test, feature = "std"))]
+    pub fn boxed(asid_bits: u32, nr_cpus: usize) -> Result<std::boxed::Box<Self>, AsidError> {
+        let t = std::boxed::Box::new(Self::new());
+        t.configure(asid_bits, nr_cpus)?;
+        Ok(t)
+    }
+
+    /// The hardware ASID mask (0 until configured).
     pub fn asid_mask(&self) -> u64 {
-        self.mask
+        self.mask.load(Ordering::Relaxed)
     }
 
     fn new_asid(&self, st: &CpuAsids, tlb: &dyn LocalTlb) -> u64 {
         // Owner-only words: Relaxed.
         let mut next = st.asid_cache.load(Ordering::Relaxed) + 1;
-        if next & self.mask == 0 {
+        if next & self.mask() == 0 {
             // Every ASID of this version is taken: old entries may sit in
             // the TLB under ASIDs the new version hands out again.
             tlb.flush_all();
@@ -185,14 +232,15 @@ impl AsidTable {
     /// (see the module documentation).
     pub fn activate(&self, cpu: CpuId, mm: u64, tlb: &dyn LocalTlb) -> u64 {
         debug_assert_ne!(mm, 0, "address space 0 is \"none\"");
-        let st = self.cpus.get(cpu);
+        let st = &self.cpus[cpu];
+        let mask = self.mask();
         let i = slot_of(mm);
         let s = &st.slots[i];
         // (S4) AcqRel: takes a stale mark (a swap to 0 in
         // `invalidate_cached`) together with what its initiator cleared.
         let cur = s.ctx.swap(0, Ordering::AcqRel);
         let cache = st.asid_cache.load(Ordering::Relaxed);
-        let valid = cur != 0 && (cur ^ cache) & !self.mask == 0;
+        let valid = cur != 0 && (cur ^ cache) & !mask == 0;
         let ctx = if valid && s.mm.load(Ordering::Relaxed) == mm {
             st.reused.fetch_add(1, Ordering::Relaxed);
             cur
@@ -204,26 +252,26 @@ impl AsidTable {
         // that reads it reads a value, not data published with it.
         s.ctx.store(ctx, Ordering::Relaxed);
         st.current.store(i, Ordering::Relaxed);
-        ctx & self.mask
+        ctx & mask
     }
 
     /// `cpu` (the caller) unloads its address space (runs with ASID 0).
     pub fn deactivate(&self, cpu: CpuId) {
-        self.cpus.get(cpu).current.store(NO_SLOT, Ordering::Relaxed);
+        self.cpus[cpu].current.store(NO_SLOT, Ordering::Relaxed);
     }
 
     /// Gives the address space `cpu` (the caller) has loaded a fresh ASID
     /// and returns it, for a full flush of it on this CPU: the old ASID's
     /// entries become unreachable. Returns `None` if nothing is loaded.
     pub fn drop_current(&self, cpu: CpuId, tlb: &dyn LocalTlb) -> Option<u64> {
-        let st = self.cpus.get(cpu);
+        let st = &self.cpus[cpu];
         let i = st.current.load(Ordering::Relaxed);
         if i == NO_SLOT {
             return None;
         }
         let ctx = self.new_asid(st, tlb);
         st.slots[i].ctx.store(ctx, Ordering::Relaxed);
-        Some(ctx & self.mask)
+        Some(ctx & self.mask())
     }
 
     /// Marks `mm`'s context stale on every CPU (the next activation there
@@ -231,7 +279,7 @@ impl AsidTable {
     /// `mm`; see the module documentation for the pairing.
     pub fn invalidate_cached(&self, mm: u64) {
         let i = slot_of(mm);
-        for (_, st) in self.cpus.iter().take(self.nr_cpus) {
+        for st in self.cpus.iter().take(self.nr_cpus.load(Ordering::Relaxed)) {
             let s = &st.slots[i];
             // Relaxed: a stale read of the owner either skips a slot that
             // was just (re)assigned to `mm` — whose fresh ASID has no old
@@ -249,7 +297,7 @@ impl AsidTable {
     /// Counters summed over all CPUs (a snapshot).
     pub fn stats(&self) -> AsidStats {
         let mut s = AsidStats::default();
-        for (_, c) in self.cpus.iter().take(self.nr_cpus) {
+        for c in self.cpus.iter().take(self.nr_cpus.load(Ordering::Relaxed)) {
             s.rollovers += c.rollovers.load(Ordering::Relaxed);
             s.allocated += c.allocated.load(Ordering::Relaxed);
             s.reused += c.reused.load(Ordering::Relaxed);
@@ -292,9 +340,12 @@ mod tests {
 
     #[test]
     fn rejects_bad_configurations() {
-        assert_eq!(AsidTable::new(0, 1).err(), Some(AsidError::BadAsidBits(0)));
         assert_eq!(
-            AsidTable::new(8, 65).err(),
+            AsidTable::boxed(0, 1).err(),
+            Some(AsidError::BadAsidBits(0))
+        );
+        assert_eq!(
+            AsidTable::boxed(8, 65).err(),
             Some(AsidError::BadCpuCount(65))
         );
         assert_eq!(
@@ -306,7 +357,7 @@ mod tests {
     #[test]
     fn reuse_within_a_version_and_rollover_with_a_flush() {
         // 3-bit ASIDs: 1..=7 per version.
-        let t = AsidTable::new(3, 1).unwrap();
+        let t = AsidTable::boxed(3, 1).unwrap();
         let tlb = Tlb::default();
         let mms = distinct_mms(9);
         let got: Vec<u64> = mms[..7].iter().map(|&m| t.activate(0, m, &tlb)).collect();
@@ -323,7 +374,7 @@ mod tests {
 
     #[test]
     fn a_stale_mark_forces_a_fresh_asid_on_every_cpu() {
-        let t = AsidTable::new(8, 2).unwrap();
+        let t = AsidTable::boxed(8, 2).unwrap();
         let (t0, t1) = (Tlb::default(), Tlb::default());
         let mm = 0x4000_1000;
         let a0 = t.activate(0, mm, &t0);
@@ -347,7 +398,7 @@ mod tests {
 
     #[test]
     fn a_colliding_address_space_evicts_and_never_shares_an_asid() {
-        let t = AsidTable::new(8, 1).unwrap();
+        let t = AsidTable::boxed(8, 1).unwrap();
         let tlb = Tlb::default();
         let a = 0x1000u64;
         let b = (2..)
@@ -364,7 +415,7 @@ mod tests {
 
     #[test]
     fn drop_current_hands_out_a_fresh_asid() {
-        let t = AsidTable::new(8, 1).unwrap();
+        let t = AsidTable::boxed(8, 1).unwrap();
         let tlb = Tlb::default();
         assert_eq!(t.drop_current(0, &tlb), None);
         let a = t.activate(0, 0x1000, &tlb);

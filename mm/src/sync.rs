@@ -231,13 +231,6 @@ pub enum Fault {
     /// Shootdown: an initiator posts its request with a Relaxed RMW, so a
     /// target may read an old request (and skip the flush it asks for).
     ShootdownPendingRelaxed = 1 << 17,
-    /// TLB shootdown: the initiator reads a CPU's context word with a load
-    /// instead of a read-modify-write, so a concurrent activation may refill
-    /// from a page-table entry the initiator already cleared.
-    TlbFlushPlainLoad = 1 << 18,
-    /// TLB shootdown: a CPU clears its ACTIVE bit with a Relaxed RMW, so its
-    /// last accesses are not ordered before the initiator's frees.
-    TlbDeactivateRelaxed = 1 << 19,
 }
 
 #[cfg(loom)]

@@ -256,8 +256,9 @@ pub fn scenario_mips_user(per_vma_lock: bool) {
 }
 
 /// `test=mips-shootdown` (MIPS64, two CPUs or more): CPU 0 unmaps pages in
-/// CPU 1's TLB and CPU 1's next access faults, with CPU 1 in user mode,
-/// switched away, spinning in the kernel, and idle.
+/// CPU 1's TLB and CPU 1's next access faults, with CPU 1 in user mode
+/// (answered from the tick), switched away (stale ASID mark, no request),
+/// spinning in the kernel (spin hook), and idle.
 pub fn scenario_mips_shootdown(per_vma_lock: bool) {
     let r = run_with(
         Arch::Mips64,
@@ -270,7 +271,7 @@ pub fn scenario_mips_shootdown(per_vma_lock: bool) {
     r.require_line("platform:     malta, ");
     r.require_line("mips-shootdown: phase 1 (user mode, answered from the tick)");
     r.require_line("CPU 1 faulted at 0x200000");
-    r.require_line("mips-shootdown: phase 2 (switched away: lazy): 0 posted, 1 invalidated lazily");
+    r.require_line("mips-shootdown: phase 2 (switched away: stale mark): 0 posted");
     r.require_line("faulted at 0x220000");
     r.require_line("P3 in CPU 1's TLB before true, after false");
     r.require_line("P4 in CPU 1's TLB before true, after false");

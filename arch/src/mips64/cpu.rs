@@ -1,6 +1,6 @@
 //! CPU identification (PRId) and halting.
 
-use core::arch::asm;
+use core::arch::{asm, global_asm};
 use core::fmt;
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -149,26 +149,67 @@ pub fn in_idle() -> bool {
     IDLE[cp0::cpu_num() as usize % MAX_CPUS].load(Ordering::Relaxed)
 }
 
-/// Idles until the next interrupt: answers the shootdown mailbox, enables
-/// interrupts, `wait`s, and disables them again after the interrupt (the
-/// timer tick, reported to the kernel as [`super::trap::TickFrom::Idle`])
-/// was handled. The kernel checks for work before and after; an interrupt
-/// that arrives between enabling and `wait` is taken at once, and `wait`
-/// then sleeps until the next one, so a wake-up is late by at most a tick.
+/// Idles until the next interrupt: enables interrupts, `wait`s, and
+/// disables them again after the interrupt (the timer tick, reported to the
+/// kernel as [`super::trap::TickFrom::Idle`]) was handled.
+///
+/// An interrupt that arrives after interrupts are enabled but before the
+/// `wait` would leave the `wait` sleeping until the next one; the
+/// interrupt handler therefore moves an EPC that points at the `wait` past
+/// it ([`skip_wait`]), so that interrupt ends the idle period like any other
+/// (Linux's `__r4k_wait` rollback does the same with a region). There are no
+/// IPIs: the kernel's wake-ups reach an idle CPU at its next tick.
 pub fn idle_wait() {
     let cpu = cp0::cpu_num() as usize % MAX_CPUS;
-    super::mmu::answer();
     // Relaxed: read by this CPU's own interrupt handler only.
     IDLE[cpu].store(true, Ordering::Relaxed);
     // SAFETY: enabling interrupts here is the kernel's rule (idle and user
-    // mode only); the timer handler runs on this stack and returns here.
-    // `wait` has no architectural effect besides idling.
-    unsafe {
-        cp0::set_status(cp0::status() | status::IE);
-        asm!("wait", options(nomem, nostack, preserves_flags));
-        cp0::set_status(cp0::status() & !status::IE);
-    }
+    // mode only); the timer handler runs on this stack and returns into
+    // `samara_mips_idle`, which clears IE again before it returns.
+    unsafe { samara_mips_idle() };
     IDLE[cpu].store(false, Ordering::Relaxed);
+}
+
+global_asm!(
+    r#"
+    .text
+    .set push
+    .set noreorder
+    .set noat
+    .globl samara_mips_idle
+    .type samara_mips_idle, @function
+samara_mips_idle:
+    mfc0    $t0, $12
+    ori     $t0, $t0, {ie}
+    mtc0    $t0, $12                    # interrupts on
+    ehb
+    .globl samara_mips_idle_wait
+samara_mips_idle_wait:
+    wait
+    mfc0    $t0, $12
+    ori     $t0, $t0, {ie}
+    xori    $t0, $t0, {ie}
+    mtc0    $t0, $12                    # interrupts off
+    jr.hb   $ra
+    nop
+    .size samara_mips_idle, . - samara_mips_idle
+    .set pop
+"#,
+    ie = const status::IE,
+);
+
+unsafe extern "C" {
+    /// Enables interrupts, `wait`s, disables them; clobbers only t0.
+    fn samara_mips_idle();
+    static samara_mips_idle_wait: u8;
+}
+
+/// Called by the interrupt handler for an interrupt taken in idle: if it
+/// interrupted [`idle_wait`] just before its `wait`, resume after it.
+pub fn skip_wait(epc: &mut u64) {
+    if *epc == (&raw const samara_mips_idle_wait) as u64 {
+        *epc += 4;
+    }
 }
 
 /// Makes `len` bytes of instructions just written at `addr` (a kernel

@@ -1,46 +1,70 @@
-//! Address spaces on the MIPS TLB: the glue between the hardware and
-//! `mm::mmu_context` (ASIDs with generation rollover, the no-IPI shootdown
-//! protocol) and `mm::pgtable::PageTable<Mips64Pte>` (walked by the refill
-//! handler in [`super::trap`]).
+//! User address spaces on the MIPS TLB: loading them (KScratch2 and
+//! EntryHi.ASID), ASIDs with generation rollover (`mm::asid`), local TLB
+//! invalidation, and this port's side of the kernel's cross-CPU shootdown
+//! (`mm::shootdown`).
 //!
-//! Per CPU the hardware state of the running address space is two
-//! registers: KScratch2 holds its root table (the refill handler's "pgd")
-//! and EntryHi.ASID its ASID on this CPU. [`switch_mm`] changes both
-//! together. With no address space loaded (kernel threads, idle) they hold
-//! [`empty_root`] and the reserved ASID 0, so a stray kernel access to a
-//! user address refills an invalid entry and faults instead of reaching a
-//! stale mapping.
+//! # Loading an address space
 //!
-//! [`HwTlb`] is this CPU's TLB as the protocol sees it ([`super::tlb`]'s
-//! flushes). The protocol's answering points are all here or one call away:
-//! the timer interrupt and the return to user mode ([`super::trap`]), idle
-//! ([`super::cpu::idle_wait`]), [`switch_mm`], and every spin-wait loop of
-//! `mm` through the spin hook [`init`] installs.
+//! Per CPU, the hardware state of the loaded address space is two
+//! registers: KScratch2 holds its root table (`PageTable::root_entry`, an
+//! XKPHYS pointer: the refill handler's "pgd", see [`super::trap`]) and
+//! EntryHi.ASID its ASID on this CPU. [`activate`] changes both, root first,
+//! so every entry the refill handler tags with the new ASID comes from the
+//! new root. With no address space loaded ([`activate_kernel`]: kernel
+//! threads, idle) they hold [`empty_root`] and the reserved ASID 0, so a
+//! stray kernel access to a user address refills an invalid entry and
+//! faults instead of reaching a stale mapping.
+//!
+//! # ASIDs
+//!
+//! [`ASIDS`] is an `mm::asid::AsidTable`: per CPU, a table from address
+//! space (the kernel's `MmId` raw value) to its ASID there, Linux's
+//! `asid_cache` generations (8-bit ASIDs on Octeon II/QEMU: 255 address
+//! spaces per generation, then a full local flush), and stale marks.
+//!
+//! # Shootdown without IPIs
+//!
+//! The kernel's protocol (`mm::shootdown`) asks the arch for three things:
+//!
+//! * [`invalidate_cached`]`(mm)`: on every CPU, mark `mm`'s ASID stale, so
+//!   a CPU that has translations of `mm` cached under an ASID it is not
+//!   running gets a fresh ASID when it next loads `mm`; the old entries are
+//!   never reachable again (an ASID is not handed out twice in one
+//!   generation, and a rollover flushes the TLB);
+//! * [`flush_local`] / [`flush_local_all`] on a CPU that has `mm` loaded:
+//!   probe-and-invalidate the range ([`super::tlb::flush_asid`]), or give
+//!   the address space a fresh ASID;
+//! * [`kick`]: nothing. Malta's i8259 reaches CPU 0 only, so there are no
+//!   IPIs; every CPU services its requests by polling, from its timer tick
+//!   (while it runs user code or idles: the only times the kernel takes
+//!   interrupts), from idle, and from every spin-wait loop (the kernel's
+//!   spin hook). A request therefore waits at most one tick
+//!   ([`super::timer::TICK`]) for a CPU running user code.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::fmt;
 
+use mm::asid::{AsidError, AsidTable, LocalTlb};
 use mm::cpu::CpuId;
-use mm::mmu_context::{DomainError, LocalTlb, MmFlusher, MmTlb, TlbDomain};
-use spin::Once;
 
 use super::{cp0, tlb};
 
-/// This CPU's TLB, for `mm::mmu_context`.
+/// One past the highest user address: xuseg on QEMU's Octeon68XX (42
+/// bits), which `init_cpu` checks every CPU implements.
+pub const USER_VA_END: u64 = <mm::pgtable::Mips64Pte as mm::pgtable::PteFormat>::USER_VA_END;
+
+/// This CPU's TLB, for `mm::asid`.
 pub struct HwTlb;
 
 impl LocalTlb for HwTlb {
     fn flush_all(&self) {
         tlb::flush_all();
     }
-
-    fn flush_asid(&self, asid: u64, start: u64, end: u64) {
-        tlb::flush_asid(asid, start, end);
-    }
 }
 
 static HW: HwTlb = HwTlb;
 
-static DOMAIN: Once<TlbDomain> = Once::new();
+/// The ASID tables of all CPUs (configured by [`init`]).
+pub static ASIDS: AsidTable = AsidTable::new();
 
 /// An empty root table: what KScratch2 points at while no address space is
 /// loaded. Zero, so every walk through it ends in `no_table`.
@@ -49,107 +73,131 @@ struct EmptyRoot([u64; 512]);
 
 static EMPTY_ROOT: EmptyRoot = EmptyRoot([0; 512]);
 
-/// Address spaces switched to, per CPU (statistics).
-static SWITCHES: AtomicU64 = AtomicU64::new(0);
-
 /// The root the refill handler walks while no address space is loaded.
 pub fn empty_root() -> u64 {
     (&raw const EMPTY_ROOT) as u64
 }
 
-/// This CPU's number.
+/// This CPU's number (EBase.CPUNum).
 #[inline]
 pub fn this_cpu() -> CpuId {
     cp0::cpu_num() as CpuId
 }
 
-/// Creates the system's ASID/shootdown domain for `nr_cpus` CPUs with the
-/// ASID width the boot CPU's TLB reported, and installs the spin hook that
-/// makes `mm`'s spin-wait loops answer shootdown requests. Called once on
-/// the boot CPU after [`super::init_cpu`], before other CPUs start.
-pub fn init(nr_cpus: usize) -> Result<&'static TlbDomain, DomainError> {
-    let bits = tlb::asid_mask().count_ones();
-    let d = TlbDomain::new(bits, nr_cpus)?;
-    let d = DOMAIN.call_once(|| d);
-    mm::sync::set_spin_hook(spin_hook);
-    Ok(d)
+/// Creates the ASID tables for `nr_cpus` CPUs with the ASID width the boot
+/// CPU's TLB reported. Once, on the boot CPU, before other CPUs start.
+pub fn init(nr_cpus: usize) -> Result<(), AsidError> {
+    ASIDS.configure(tlb::asid_mask().count_ones(), nr_cpus)
 }
 
-/// The domain, once [`init`] ran.
-pub fn domain() -> Option<&'static TlbDomain> {
-    DOMAIN.get()
+fn asids() -> &'static AsidTable {
+    debug_assert!(ready(), "mmu::init before loading address spaces");
+    &ASIDS
 }
 
-/// The spin hook: answers this CPU's mailbox (cheap when empty: two loads).
-fn spin_hook() {
-    answer();
+/// Whether [`init`] ran.
+fn ready() -> bool {
+    ASIDS.asid_mask() != 0
 }
 
-/// Answers this CPU's shootdown mailbox, if the domain exists and a request
-/// is pending. Returns whether it flushed.
-#[inline]
-pub fn answer() -> bool {
-    match DOMAIN.get() {
-        Some(d) => d.has_request(this_cpu()) && d.answer(this_cpu(), &HW),
-        None => false,
+/// Prepares a new root table: nothing to do on MIPS (the kernel is not
+/// mapped through the user tables).
+///
+/// # Safety
+/// None needed; `unsafe` for the arch-neutral signature.
+pub unsafe fn init_user_root(_root_phys: u64) {}
+
+/// Loads the user address space `mm` whose root table entry is
+/// `root_entry` (`PageTable::root_entry()`: its XKPHYS address).
+///
+/// # Safety
+/// The root must stay valid while loaded; the kernel published that this
+/// CPU loads `mm` (`Shootdown::set_loaded`) before the call (pair S1 of
+/// `mm::shootdown`); interrupts are off; nothing uses user memory across
+/// the switch.
+pub unsafe fn activate(_root_phys: u64, root_entry: u64, mm: u64) {
+    let asid = asids().activate(this_cpu(), mm, &HW);
+    // SAFETY: root first, then the ASID: every refill tagged with `asid`
+    // walks `root_entry` (valid while loaded: caller's contract).
+    unsafe {
+        cp0::set_kscratch_pgd(root_entry);
+        tlb::set_asid(asid);
     }
 }
 
-/// Switches this CPU from address space `prev` (if any) to `next` (its
-/// [`MmTlb`] and its page table's root entry, `PageTable::root_entry`), or
-/// to none. Answers the mailbox on the way (a context switch is an
-/// answering point).
-///
-/// Order: unload the old address space from the hardware (ASID 0, empty
-/// root), then deactivate it (S2 in `mm::mmu_context`: after its last use);
-/// then activate the next one, which may allocate an ASID and roll the
-/// generation over, and load its root and ASID.
-///
-/// # Safety
-/// Call on the CPU with interrupts off, outside any access to user memory;
-/// `prev` must be the address space this CPU runs (or `None` if it runs
-/// none), and `next`'s root must stay valid until it is switched away from.
-pub unsafe fn switch_mm(prev: Option<&MmTlb>, next: Option<(&MmTlb, u64)>) {
-    let d = DOMAIN.get().expect("mmu::init before switch_mm");
-    let cpu = this_cpu();
-    // SAFETY: ASID 0 with the empty root: nothing user is reachable, which
-    // is what the caller's "no access to user memory" allows.
+/// Unloads the user address space: ASID 0 over the empty root.
+pub fn activate_kernel() {
+    if ready() {
+        ASIDS.deactivate(this_cpu());
+    }
+    // SAFETY: ASID 0 with the empty root: nothing user is reachable.
     unsafe {
         tlb::set_asid(0);
         cp0::set_kscratch_pgd(empty_root());
     }
-    if let Some(p) = prev {
-        d.deactivate(cpu, p);
-    }
-    d.answer(cpu, &HW);
-    if let Some((n, root)) = next {
-        let asid = d.activate(cpu, n, &HW);
-        // SAFETY: root first, then the ASID: every refill tagged with
-        // `asid` walks `root` (caller: valid while loaded).
-        unsafe {
-            cp0::set_kscratch_pgd(root);
-            tlb::set_asid(asid);
-        }
-        SWITCHES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Invalidates this CPU's translations of `[start, end)` in the loaded
+/// address space.
+pub fn flush_local(start: u64, end: u64) {
+    let asid = tlb::current_asid();
+    if asid != 0 {
+        tlb::flush_asid(asid, start, end);
     }
 }
 
-/// A [`mm::pgtable::TlbFlush`] for `mm` from this CPU, for a
-/// `mm::pgtable::TlbGather`.
-pub fn flusher(mm: &MmTlb) -> MmFlusher<'_> {
-    let d = DOMAIN.get().expect("mmu::init before flushing");
-    MmFlusher::new(d, mm, this_cpu(), &HW)
+/// Invalidates all of this CPU's translations of the loaded address space,
+/// by giving it a fresh ASID (the old one's entries become unreachable).
+pub fn flush_local_all() {
+    if !ready() {
+        return;
+    }
+    if let Some(asid) = ASIDS.drop_current(this_cpu(), &HW) {
+        // SAFETY: the same address space, root unchanged, new tag.
+        unsafe { tlb::set_asid(asid) };
+    }
 }
+
+/// Marks `mm`'s ASIDs stale on every CPU (see the module documentation).
+pub fn invalidate_cached(mm: u64) {
+    if ready() {
+        ASIDS.invalidate_cached(mm);
+    }
+}
+
+/// No IPIs on this platform: CPUs poll (see the module documentation).
+pub fn kick(_cpus: u64) {}
 
 /// After the fault path installed or upgraded the PTE of user address `va`
-/// in the running address space: writes the pair's PTEs (`even`, `odd`:
-/// the entries of `va & !0x1fff` and `va | 0x1000`, verbatim) into the TLB,
+/// in the loaded address space: writes the pair's PTEs (`even`, `odd`: the
+/// entries of `va & !0x1fff` and `va | 0x1000`, verbatim) into the TLB,
 /// replacing a stale copy if there is one (see [`tlb::update`]).
 pub fn update_tlb(va: u64, even: u64, odd: u64) {
     tlb::update(va, even, odd);
 }
 
-/// Address-space switches performed so far (all CPUs).
-pub fn switches() -> u64 {
-    SWITCHES.load(Ordering::Relaxed)
+/// The MMU features in use, for the banner.
+pub struct Description;
+
+/// See [`Description`].
+pub fn describe() -> Description {
+    Description
+}
+
+impl fmt::Display for Description {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "software-refilled TLB, {} entries, {}-bit ASIDs, {}-bit xuseg, RI/XI {}, no IPIs \
+             (shootdown polled from the tick)",
+            tlb::entries(),
+            tlb::asid_mask().count_ones(),
+            tlb::segbits(),
+            if cp0::config3() & cp0::config3::RXI != 0 {
+                "on"
+            } else {
+                "not implemented"
+            }
+        )
+    }
 }

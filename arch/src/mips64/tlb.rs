@@ -112,6 +112,9 @@ pub enum TlbError {
     NoElpa,
     /// EntryHi.ASID reads back as a non-contiguous or empty mask.
     BadAsidMask(u64),
+    /// xuseg is smaller than the page tables assume
+    /// (`mm::pgtable::mips64::SEGBITS`).
+    SegbitsTooSmall(u32),
     /// A secondary CPU's MMU differs from the boot CPU's.
     Mismatch { boot: TlbInfo, this: TlbInfo },
 }
@@ -126,6 +129,11 @@ impl core::fmt::Display for TlbError {
             ),
             TlbError::NoElpa => f.write_str("PageGrain.ELPA cannot be set"),
             TlbError::BadAsidMask(m) => write!(f, "EntryHi.ASID reads back as {m:#x}"),
+            TlbError::SegbitsTooSmall(b) => write!(
+                f,
+                "xuseg has {b} bits, fewer than the {} the page tables use",
+                mm::pgtable::mips64::SEGBITS
+            ),
             TlbError::Mismatch { boot, this } => {
                 write!(f, "MMU {this:?} differs from the boot CPU's {boot:?}")
             }
@@ -171,6 +179,9 @@ pub fn init() -> Result<TlbInfo, TlbError> {
     let segbits = 64 - (cp0::entryhi() & 0x3fff_ffff_ffff_e000).leading_zeros();
     // SAFETY: as above.
     unsafe { cp0::tlb::set_entryhi(0) };
+    if segbits < mm::pgtable::mips64::SEGBITS {
+        return Err(TlbError::SegbitsTooSmall(segbits));
+    }
 
     let entries = reset_entries();
     let info = TlbInfo {

@@ -71,16 +71,16 @@
 //!
 //! | exception | from | goes to |
 //! |-----------|------|---------|
-//! | Int: timer (IP7) | user, idle | [`super::timer`] acknowledges it and answers the shootdown mailbox; [`Handlers::tick`] |
+//! | Int: timer (IP7) | user, idle | [`super::timer`] acknowledges it; [`Handlers::tick`] (which services the kernel's cross-CPU requests: there are no IPIs) |
 //! | Sys | user | EPC += 4, [`Handlers::syscall`] |
 //! | TLBL/TLBS/Mod/TLBRI/TLBXI/AdEL/AdES | user | [`Handlers::page_fault`]; if it declines, [`Handlers::user_exception`] |
 //! | TLBL/TLBS/Mod | kernel, on a user address | [`Handlers::page_fault`]; if it declines, the kernel fault report |
 //! | anything else | user | [`Handlers::user_exception`] |
 //! | anything else | kernel | the kernel fault report or a panic |
 //!
-//! Before every return to user mode the mailbox is answered again and
-//! [`Handlers::return_to_user`] runs. Until the kernel installs handlers
-//! ([`set_handlers`]) every exception but the timer is fatal, as at boot.
+//! Before every return to user mode [`Handlers::return_to_user`] runs.
+//! Until the kernel installs handlers ([`set_handlers`]) every exception but
+//! the timer is fatal, as at boot.
 //!
 //! Known gap: a kernel stack overflow faults again while saving the frame
 //! on the same bad stack, with EXL set, and loops. There is no guard page or
@@ -94,7 +94,7 @@ use spin::Once;
 use super::console::arch_println;
 use super::cp0::{self, cause, status};
 use super::smp::MAX_CPUS;
-use super::{cpu, mmu, timer};
+use super::{cpu, timer};
 use crate::{AccessKind, FaultReport};
 
 /// The registers of the interrupted context, as the entry code saves them.
@@ -523,8 +523,9 @@ pub struct Handlers {
     /// trap, break, coprocessor unusable, a declined fault). The kernel
     /// kills the task; if it returns, the task resumes as the frame says.
     pub user_exception: fn(&mut TrapFrame),
-    /// The timer tick, after it was acknowledged and the shootdown mailbox
-    /// answered.
+    /// The timer tick, after it was acknowledged. With no IPIs on this
+    /// platform, this is where a CPU running user code or idling services
+    /// the kernel's cross-CPU requests (TLB shootdown).
     pub tick: fn(&mut TrapFrame, TickFrom),
     /// Last thing before every return to user mode (and before
     /// [`enter_user`]'s first): RCU quiescent state, rescheduling.
@@ -575,8 +576,7 @@ pub const USER_FRAME_RESERVE: u64 = FRAME_SIZE as u64;
 /// Enters user mode for the first time on this task: builds the user frame
 /// at the top of the task's kernel stack `kstack_top` (where exceptions from
 /// user mode will save it from now on), makes that the CPU's kernel stack,
-/// answers the shootdown mailbox, runs [`Handlers::return_to_user`] and
-/// `eret`s.
+/// runs [`Handlers::return_to_user`] and `eret`s.
 ///
 /// # Safety
 /// `kstack_top` must be the 16-byte-aligned top of the kernel stack this
@@ -599,7 +599,6 @@ pub unsafe fn enter_user(kstack_top: u64, start: &UserStart) -> ! {
         _pad: 0,
     };
     set_kernel_stack(kstack_top);
-    mmu::answer();
     if let Some(h) = HANDLERS.get() {
         (h.return_to_user)(&mut f);
     }
@@ -693,7 +692,6 @@ extern "C" fn samara_mips_trap(frame: &mut TrapFrame) {
         fatal(frame);
     }
     if from_user {
-        mmu::answer();
         if let Some(h) = HANDLERS.get() {
             (h.return_to_user)(frame);
         }
@@ -704,8 +702,9 @@ extern "C" fn samara_mips_trap(frame: &mut TrapFrame) {
 pub static TIMER_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
 
 /// Interrupts: only the Count/Compare timer (IP7) is ever unmasked. It is
-/// acknowledged and re-armed, the shootdown mailbox answered, and the
-/// kernel's tick handler run; anything else is a bug.
+/// acknowledged and re-armed and the kernel's tick handler run; anything
+/// else is a bug. A tick that arrives in idle between enabling interrupts
+/// and the `wait` skips the `wait` (see [`cpu::idle_wait`]).
 fn interrupt(frame: &mut TrapFrame, from_user: bool) {
     let pending = (frame.cause >> cause::IP_SHIFT) & (frame.status >> 8) & 0xff;
     if pending & 0x80 != 0 {
@@ -716,10 +715,10 @@ fn interrupt(frame: &mut TrapFrame, from_user: bool) {
             cp0::set_compare(cp0::count().wrapping_sub(1));
             return;
         }
-        mmu::answer();
         let from = if from_user {
             TickFrom::User
         } else if cpu::in_idle() {
+            cpu::skip_wait(&mut frame.epc);
             TickFrom::Idle
         } else {
             TickFrom::Kernel
