@@ -26,7 +26,7 @@
 //!   CPU 1 running the address space in user mode (request answered from
 //!   its timer tick), switched away from it (no request: the stale mark
 //!   gives it a fresh ASID on return), spinning in the kernel on a lock
-//!   CPU 0 holds while it flushes (answered from the spin hook; without it
+//!   CPU 0 holds while it flushes (answered from the relax hook; without it
 //!   this deadlocks), and idle with the address space loaded (answered from
 //!   the tick taken in idle).
 //!
@@ -451,7 +451,7 @@ impl TlbFlush for Flusher {
 }
 
 /// Services this CPU's shootdown requests: the tick, idle (through the
-/// tick), every spin loop (the spin hook) and every return to user mode.
+/// tick), every spin loop (the relax hook) and every return to user mode.
 fn service() {
     if let Some(sd) = SHOOTDOWN.get() {
         sd.service(mmu::this_cpu(), &Ops);
@@ -707,7 +707,7 @@ fn setup(info: &BootInfo) {
         finish(ExitStatus::Failure, format_args!("mmu init: {e}"));
     }
     SHOOTDOWN.call_once(|| Shootdown::new(nr_cpus));
-    mm::sync::set_spin_hook(service);
+    mm::sync::set_relax_hook(service);
     trap::set_handlers(Handlers {
         syscall: on_syscall,
         page_fault: on_page_fault,
@@ -1008,7 +1008,7 @@ impl Deadline {
     }
 }
 
-/// Spins (answering the mailbox through the spin hook) until `step` reaches
+/// Spins (answering the mailbox through the relax hook) until `step` reaches
 /// `at_least`, or fails the run after 20 s.
 fn wait_step(step: &AtomicU64, at_least: u64, what: &str) {
     let mut d = Deadline::secs(20);

@@ -10,8 +10,10 @@ pub mod addr;
 // `const`; its protocol side is modelled in `shootdown`'s loom tests.
 #[cfg(not(loom))]
 pub mod asid;
+pub mod aspace;
 pub mod cpu;
 pub mod frame;
+pub mod maple;
 pub mod pgtable;
 pub mod phys;
 pub mod rcu;

@@ -29,7 +29,7 @@
 //!    other).
 //!
 //! A target services from the IPI handler, the timer tick, idle, and every
-//! spin-wait loop (`mm::sync::set_spin_hook`): it takes its `pending` mask
+//! spin-wait loop (`mm::sync::set_relax_hook`): it takes its `pending` mask
 //! (Acquire swap), and for each request, if it still has that `mm` loaded,
 //! calls [`ShootdownOps::flush_local`], then clears its bit in the
 //! initiator's `waiting` (Release).

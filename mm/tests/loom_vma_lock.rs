@@ -32,7 +32,7 @@ struct TVma {
     payload: UnsafeCell<(u64, u64, u64)>,
 }
 
-impl LockableVma for TVma {
+impl LockableVma for &TVma {
     fn vma_lock(&self) -> &VmaLock {
         &self.lock
     }

@@ -494,6 +494,20 @@ fn test_steps(o: &TestOpts) -> Vec<Step> {
 
     // Default members: the host crates' unit and integration tests.
     steps.push(Step::cargo("unit", &["test"], &[]));
+    // The same mm suite with per-VMA locking compiled out (issue 5: both
+    // configurations pass the same tests).
+    steps.push(Step::cargo(
+        "unit-mm-no-per-vma-lock",
+        &[
+            "test",
+            "-p",
+            "mm",
+            "--no-default-features",
+            "--lib",
+            "--tests",
+        ],
+        &[],
+    ));
 
     // The loom models: every `mm/tests/loom_*.rs`, built with `--cfg loom`
     // in their own target directory (the cfg changes every dependency), one

@@ -38,7 +38,7 @@
 //!   IPIs; every CPU services its requests by polling, from its timer tick
 //!   (while it runs user code or idles: the only times the kernel takes
 //!   interrupts), from idle, and from every spin-wait loop (the kernel's
-//!   spin hook). A request therefore waits at most one tick
+//!   relax hook). A request therefore waits at most one tick
 //!   ([`super::timer::TICK`]) for a CPU running user code.
 
 use core::fmt;

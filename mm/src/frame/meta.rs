@@ -152,6 +152,31 @@ impl PageMeta {
         debug_assert!(old != u32::MAX, "frame reference count overflow");
     }
 
+    /// Takes a reference unless the count is zero (the frame is free or
+    /// being freed): for callers that found the frame without holding a
+    /// reference, e.g. through a page-table entry another CPU may replace
+    /// (Linux's `get_page_unless_zero`). Acquire: what earlier holders
+    /// wrote to the frame before their Release decrements is visible to the
+    /// new holder.
+    #[inline]
+    pub fn try_get_ref(&self) -> bool {
+        let mut cur = self.refcount.load(Ordering::Relaxed);
+        loop {
+            if cur == 0 {
+                return false;
+            }
+            match self.refcount.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
     /// Drops a reference; `true` if it was the last one and the caller
     /// must now free the frame.
     ///

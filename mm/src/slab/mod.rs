@@ -693,6 +693,16 @@ impl<'a, T: SlabObject> Slab<'a, T> {
         self.debug_check_ours(slot);
         // SAFETY: the payload was initialised by `alloc` and is ours.
         unsafe { ptr::drop_in_place(Slot::payload_ptr(slot)) };
+        // SAFETY: forwarded; the payload is dropped.
+        unsafe { self.recycle_slot(cpu, slot) };
+    }
+
+    /// Frees a slot whose payload was dropped or moved out.
+    ///
+    /// # Safety
+    /// As for `free_slot`, and the payload is no longer live.
+    pub(in crate::slab) unsafe fn recycle_slot(&self, cpu: CpuId, slot: NonNull<Slot<T>>) {
+        self.debug_check_ours(slot);
         let inner = self.inner();
         // A bad CPU id on free is a caller bug; any CPU's cache is correct
         // (they are all locked), so use CPU 0's rather than fail.

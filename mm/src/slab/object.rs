@@ -148,6 +148,19 @@ impl<'s, T: SlabObject> Owned<'s, T> {
         self.cpu
     }
 
+    /// Frees the object and hands its payload back (moved out, not
+    /// dropped).
+    pub fn into_payload(self) -> T::Payload {
+        // SAFETY: we own the slot and its initialised payload; after the
+        // read the slot is recycled without dropping the payload again.
+        let payload = unsafe { ptr::read(Slot::payload_ptr(self.slot)) };
+        let (slab, cpu, slot) = (self.slab, self.cpu, self.slot);
+        core::mem::forget(self);
+        // SAFETY: the payload was moved out; the slot is ours.
+        unsafe { slab.recycle_slot(cpu, slot) };
+        payload
+    }
+
     /// Gives up exclusive ownership: the object may now be reachable by
     /// others (stored in a tree, linked on a list), so from here on its
     /// payload is only reached through [`SlabPtr`]'s unsafe accessors, whose
@@ -288,6 +301,21 @@ impl<T: SlabObject> SlabPtr<T> {
     pub unsafe fn payload_mut<'a>(self) -> &'a mut T::Payload {
         // SAFETY: the caller guarantees exclusivity for 'a.
         unsafe { &mut *Slot::payload_ptr(self.slot) }
+    }
+
+    /// The object whose payload `payload` points to.
+    ///
+    /// # Safety
+    ///
+    /// `payload` was obtained from [`Self::payload`]/[`Self::payload_mut`]
+    /// (or [`Owned::payload`]) of an object of a `Slab<T>`.
+    #[inline]
+    pub unsafe fn from_payload(payload: NonNull<T::Payload>) -> Self {
+        let off = core::mem::offset_of!(Slot<T>, body);
+        // SAFETY: the payload is the `body` field of a slot (caller's
+        // contract), so stepping back by its offset stays inside the slot.
+        let slot = unsafe { payload.cast::<u8>().sub(off) };
+        SlabPtr { slot: slot.cast() }
     }
 
     pub(super) fn slot(self) -> NonNull<Slot<T>> {

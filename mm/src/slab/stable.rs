@@ -111,6 +111,19 @@ where
         unsafe { self.list() }.front_mut()
     }
 
+    /// Unlinks the element `value` points to.
+    ///
+    /// # Safety
+    /// The caller holds the lock protecting this list, and `value` is an
+    /// element of *this* list.
+    pub unsafe fn remove(
+        &self,
+        value: *const <A::PointerOps as PointerOps>::Value,
+    ) -> Option<Ptr<A>> {
+        // SAFETY: forwarded; `value` is linked into this list.
+        unsafe { self.list().cursor_mut_from_ptr(value) }.remove()
+    }
+
     /// # Safety
     /// The caller holds the lock protecting this list while the iterator
     /// lives.

@@ -420,9 +420,10 @@ impl VmaLock {
     }
 }
 
-/// What a lockless VMA lookup needs from a VMA: its lock, and its owner and
-/// range read racily (they may change under a recycled VMA; see the checks
-/// in [`lock_vma_under_rcu`]).
+/// What a lockless VMA lookup needs from (a handle on) a VMA: its lock, and
+/// its owner and range, which [`lock_vma_under_rcu`] reads only once it
+/// holds a reference (they may have changed under a recycled VMA: that is
+/// what the checks catch).
 pub trait LockableVma {
     fn vma_lock(&self) -> &VmaLock;
     fn owner(&self) -> MmId;
@@ -504,20 +505,19 @@ impl VmaLockStats {
 /// A VMA read lock taken by [`lock_vma_under_rcu`]; dropping it unlocks.
 ///
 /// Holds a reference on the VMA's count, which keeps it attached (detaching
-/// waits for readers), hence unfreed, hence its slab page alive: the guard
-/// does not need the RCU read section that found the VMA.
+/// waits for readers), hence allocated: this incarnation is pinned.
 #[must_use = "the VMA is unlocked as soon as the guard is dropped"]
-pub struct VmaReadGuard<'a, V: LockableVma> {
-    vma: &'a V,
+pub struct VmaReadGuard<V: LockableVma> {
+    vma: V,
 }
 
-impl<'a, V: LockableVma> VmaReadGuard<'a, V> {
-    pub fn vma(&self) -> &'a V {
-        self.vma
+impl<V: LockableVma> VmaReadGuard<V> {
+    pub fn vma(&self) -> &V {
+        &self.vma
     }
 }
 
-impl<V: LockableVma> Drop for VmaReadGuard<'_, V> {
+impl<V: LockableVma> Drop for VmaReadGuard<V> {
     fn drop(&mut self) {
         self.vma.vma_lock().put();
     }
@@ -534,21 +534,20 @@ impl<V: LockableVma> Drop for VmaReadGuard<'_, V> {
 /// and 3: reused or changed at another address). A detached VMA (race 1:
 /// freed after we found it) is a miss and the walk is retried. Any other
 /// doubt returns `None` and the caller takes the mmap lock.
-pub fn lock_vma_under_rcu<'a, V: LockableVma>(
+pub fn lock_vma_under_rcu<V: LockableVma>(
     mm_id: MmId,
     mmap: &MmapLock,
     addr: u64,
     cpu: CpuId,
     stats: &VmaLockStats,
-    mut lookup: impl FnMut(u64) -> Option<&'a V>,
-) -> Option<VmaReadGuard<'a, V>> {
+    mut lookup: impl FnMut(u64) -> Option<V>,
+) -> Option<VmaReadGuard<V>> {
     loop {
         let Some(vma) = lookup(addr) else {
             stats.count(cpu, VmaLockEvent::Abort);
             return None;
         };
-        let lock = vma.vma_lock();
-        match lock.try_get(mmap) {
+        match vma.vma_lock().try_get(mmap) {
             Ok(()) => {}
             Err(ReadLockError::Detached) => {
                 stats.count(cpu, VmaLockEvent::Miss);
@@ -563,17 +562,17 @@ pub fn lock_vma_under_rcu<'a, V: LockableVma>(
         // Race 2: reused for another address space. Compare only: the
         // owner may be gone (see `MmId`).
         if vma.owner() != mm_id && !injected(Fault::VmaSkipMmCheck) {
-            lock.put();
+            vma.vma_lock().put();
             stats.count(cpu, VmaLockEvent::Abort);
             return None;
         }
-        if lock.check_unlocked(mmap).is_err() {
+        if vma.vma_lock().check_unlocked(mmap).is_err() {
             stats.count(cpu, VmaLockEvent::Abort);
             return None;
         }
         // Races 1 and 3: reused, or changed, at another range.
         if !vma.covers(addr) && !injected(Fault::VmaSkipRangeCheck) {
-            lock.put();
+            vma.vma_lock().put();
             stats.count(cpu, VmaLockEvent::Abort);
             return None;
         }
@@ -591,7 +590,7 @@ mod tests {
         range: (u64, u64),
     }
 
-    impl LockableVma for V {
+    impl LockableVma for &V {
         fn vma_lock(&self) -> &VmaLock {
             &self.lock
         }
