@@ -364,15 +364,6 @@ impl Space {
         f
     }
 
-    /// The PTEs of the even and odd page of `va`'s pair, verbatim.
-    fn pair(&self, va: u64) -> (u64, u64) {
-        let even = va & !0x1fff;
-        (
-            self.pt.lookup(even).raw(),
-            self.pt.lookup(even | 0x1000).raw(),
-        )
-    }
-
     /// Unmaps `[va, va + len)` and frees the frames after the shootdown.
     fn unmap(&self, va: u64, len: u64) -> u64 {
         let cpu = mmu::this_cpu();
@@ -636,8 +627,7 @@ fn on_page_fault(_f: &mut TrapFrame, rep: &FaultReport) -> bool {
             false
         };
         if resolved {
-            let (even, odd) = s.pair(page);
-            mmu::update_tlb(page, even, odd);
+            // The arch refreshes the TLB from the page table on return.
             // SAFETY: our runner.
             unsafe { (*r).faults_resolved += 1 };
             return true;

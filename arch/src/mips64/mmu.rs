@@ -176,6 +176,46 @@ pub fn update_tlb(va: u64, even: u64, odd: u64) {
     tlb::update(va, even, odd);
 }
 
+/// Refreshes the TLB entry of user address `va` from the loaded address
+/// space's page table, after a fault on it was resolved (Linux's
+/// `update_mmu_cache`): the retried access must not hit the stale copy (an
+/// invalid pair the refill handler loaded, or a read-only one after a
+/// write upgrade), which the kernel's fault path — arch-neutral — leaves in
+/// place. Walks the table exactly as the refill handler does, from
+/// KScratch2; a table missing on the way refreshes the pair as invalid.
+///
+/// The walk cannot race with the tables being freed: tables are freed only
+/// after a TLB shootdown every CPU that has the address space loaded must
+/// answer, and this CPU does not answer in the middle of this function.
+pub fn refresh(va: u64) {
+    if va >> 62 != 0 || va >= USER_VA_END {
+        return;
+    }
+    let mut table = cp0::kscratch_pgd();
+    for shift in [39u32, 30, 21] {
+        let slot = table + ((va >> shift) & 0x1ff) * 8;
+        // SAFETY: `table` is the loaded root (XKPHYS or the CKSEG0 empty
+        // root) or a table entry read from it: an XKPHYS address of a live
+        // 4 KiB table (see above). The read is in bounds (index < 512).
+        let e = unsafe { core::ptr::read_volatile(slot as *const u64) };
+        if e == 0 {
+            tlb::update(va, 0, 0);
+            return;
+        }
+        table = e;
+    }
+    let pair = table + ((va >> 13) & 0xff) * 16;
+    // SAFETY: as above, the leaf table; `pair` and `pair + 8` are the even
+    // and odd entries of `va`'s pair, in bounds.
+    let (even, odd) = unsafe {
+        (
+            core::ptr::read_volatile(pair as *const u64),
+            core::ptr::read_volatile((pair + 8) as *const u64),
+        )
+    };
+    tlb::update(va, even, odd);
+}
+
 /// The MMU features in use, for the banner.
 pub struct Description;
 

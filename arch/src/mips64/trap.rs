@@ -94,7 +94,7 @@ use spin::Once;
 use super::console::arch_println;
 use super::cp0::{self, cause, status};
 use super::smp::MAX_CPUS;
-use super::{cpu, timer};
+use super::{cpu, mmu, timer};
 use crate::{AccessKind, FaultReport};
 
 /// The registers of the interrupted context, as the entry code saves them.
@@ -514,9 +514,9 @@ pub struct Handlers {
     pub syscall: fn(&mut TrapFrame),
     /// A memory-access exception on a user address, from user mode or from
     /// the kernel touching user memory. Returns `true` once the access can
-    /// be retried (after installing the page and refreshing the TLB with
-    /// [`super::mmu::update_tlb`]), `false` if it is not the kernel's to
-    /// resolve: a user task then gets [`Handlers::user_exception`]; a
+    /// be retried (the arch then refreshes the TLB entry from the page
+    /// table, [`super::mmu::refresh`]), `false` if it is not the kernel's
+    /// to resolve: a user task then gets [`Handlers::user_exception`]; a
     /// kernel access becomes a kernel fault report.
     pub page_fault: fn(&mut TrapFrame, &FaultReport) -> bool,
     /// Any other exception in user mode (reserved instruction, overflow,
@@ -675,7 +675,9 @@ extern "C" fn samara_mips_trap(frame: &mut TrapFrame) {
                                 && code != exc::ADEL
                                 && code != exc::ADES) =>
                     {
-                        if !(h.page_fault)(frame, &r) {
+                        if (h.page_fault)(frame, &r) {
+                            mmu::refresh(r.address);
+                        } else {
                             if from_user {
                                 (h.user_exception)(frame);
                             } else {
