@@ -66,6 +66,10 @@ pub mod index {
 /// and later implement KScratch 2..5 (Config4.KScrExist = 0x3c).
 pub const KSCRATCH_PGD: u32 = 2;
 
+/// The KScratch register holding this CPU's logical number
+/// ([`super::smp::this_cpu`]).
+pub const KSCRATCH_CPU: u32 = 3;
+
 /// Cause bits (CP0 register 13).
 pub mod cause {
     /// The exception was taken in a branch delay slot: EPC names the branch.
@@ -150,6 +154,9 @@ read64!(
 read64!(
     /// KScratch2 (31, 2): the current root page table ([`KSCRATCH_PGD`]).
     kscratch_pgd, "$31, 2");
+read64!(
+    /// KScratch3 (31, 3): this CPU's logical number ([`KSCRATCH_CPU`]).
+    kscratch_cpu, "$31, 3");
 read32!(
     /// PageGrain (5, 1).
     pagegrain, "$5, 1");
@@ -204,6 +211,15 @@ pub unsafe fn set_kscratch_pgd(root: u64) {
     // SAFETY: per the function's contract.
     unsafe {
         asm!(".set push", ".set noat", "dmtc0 {0}, $31, 2", "ehb", ".set pop", in(reg) root, options(nostack, preserves_flags))
+    };
+}
+
+/// Writes KScratch3, this CPU's logical number ([`KSCRATCH_CPU`]).
+#[inline(always)]
+pub fn set_kscratch_cpu(n: u64) {
+    // SAFETY: KScratch3 is software state only Samara reads.
+    unsafe {
+        asm!(".set push", ".set noat", "dmtc0 {0}, $31, 3", "ehb", ".set pop", in(reg) n, options(nomem, nostack, preserves_flags))
     };
 }
 

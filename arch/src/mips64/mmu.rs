@@ -78,10 +78,11 @@ pub fn empty_root() -> u64 {
     (&raw const EMPTY_ROOT) as u64
 }
 
-/// This CPU's number (EBase.CPUNum).
+/// This CPU's logical number ([`super::smp::this_cpu`]), which indexes
+/// the ASID tables and the kernel's shootdown slots.
 #[inline]
 pub fn this_cpu() -> CpuId {
-    cp0::cpu_num() as CpuId
+    super::smp::this_cpu()
 }
 
 /// Creates the ASID tables for `nr_cpus` CPUs with the ASID width the boot

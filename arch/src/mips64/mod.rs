@@ -40,9 +40,11 @@ pub mod cp0;
 pub mod cpu;
 mod entry;
 pub mod exit;
+pub mod irq;
 pub mod mmu;
 pub mod paging;
 pub mod smp;
+pub mod task;
 pub mod timer;
 pub mod tlb;
 pub mod trap;
@@ -52,13 +54,17 @@ pub mod uhi;
 pub const NAME: &str = "mips64";
 
 /// Per-CPU MMU and exception setup, on every CPU before it can fault: the
-/// kernel's exception vectors, the TLB reset and configuration
-/// ([`tlb::init`]), and KScratch2 pointing at the empty root
-/// ([`mmu::empty_root`]) with ASID 0. The boot CPU's entry code calls it;
+/// kernel's exception vectors, this CPU's logical number in KScratch3
+/// ([`smp::this_cpu`]), the TLB reset and configuration ([`tlb::init`]),
+/// and KScratch2 pointing at the empty root ([`mmu::empty_root`]) with
+/// ASID 0. The boot CPU's entry code calls it;
 /// a secondary released by [`smp::start_secondary`] calls it first thing.
 /// Interrupts stay off; [`timer::start`] starts the tick.
 pub fn init_cpu() -> Result<tlb::TlbInfo, tlb::TlbError> {
     trap::init();
+    // The boot CPU runs this before the CPUs are numbered and is logical 0
+    // whatever its CPUNum (`smp::number_cpus` sets it again).
+    cp0::set_kscratch_cpu(smp::logical_of(cp0::cpu_num()).unwrap_or(0) as u64);
     let info = tlb::init()?;
     // SAFETY: the empty root is a valid, all-zero root table for the whole
     // run, and EntryHi holds ASID 0 after `tlb::init`.

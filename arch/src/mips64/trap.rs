@@ -115,6 +115,23 @@ pub struct TrapFrame {
     _pad: u64,
 }
 
+impl TrapFrame {
+    /// All registers zero.
+    pub const fn zeroed() -> Self {
+        TrapFrame {
+            regs: [0; 32],
+            hi: 0,
+            lo: 0,
+            epc: 0,
+            status: 0,
+            cause: 0,
+            badvaddr: 0,
+            vector: 0,
+            _pad: 0,
+        }
+    }
+}
+
 /// Frame size; keeps sp 16-byte aligned as the n64 ABI requires.
 const FRAME_SIZE: usize = 320;
 const _: () = assert!(core::mem::size_of::<TrapFrame>() == FRAME_SIZE);

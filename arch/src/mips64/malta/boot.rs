@@ -67,7 +67,8 @@ extern "C" fn samara_mips_boot(a0: u64, a1: u64, a2: u64, a3: u64) -> ! {
         arch_println!("samara: result: fail: unsupported MMU");
         exit::exit_qemu(ExitStatus::Failure);
     }
-    let cpus = smp::count_cpus(CPU_COUNT_STABLE, CPU_COUNT_LIMIT);
+    smp::count_cpus(CPU_COUNT_STABLE, CPU_COUNT_LIMIT);
+    let cpus = smp::number_cpus(0, smp::present_mask()) as u32;
     let kernel = paging::kernel_phys_extent();
     let mem = LowRam {
         limit: ram_limit(a3, kernel.1),

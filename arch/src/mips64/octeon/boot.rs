@@ -93,5 +93,7 @@ extern "C" fn samara_mips_boot(a0: u64, a1: u64, a2: u64, a3: u64) -> ! {
             parked & !others
         );
     }
+    smp::set_count_hz(u64::from(oct.eclock_hz));
+    smp::number_cpus(boot_core, parked);
     crate::enter_kernel(BOOT_INFO.call_once(|| info))
 }
