@@ -8,6 +8,7 @@
 
 pub mod acpi;
 pub mod cmdline;
+pub mod elf;
 pub mod malta;
 pub mod memmap;
 pub mod octeon;

@@ -6,9 +6,12 @@
 //!
 //! | key | values | default |
 //! | --- | --- | --- |
-//! | `test` | `boot`, `pagefault`, `panic`, `mips-user`, `mips-shootdown` | none: run the workload |
-//! | `workload` | `none` | `none` |
+//! | `test` | `boot`, `pagefault`, `panic`, `smp`, `user`, `mips-user`, `mips-shootdown` | none: run the workload |
+//! | `workload` | `none`, `hello`, `faultstorm`, `forkbomb-lite`, `segv` | `none` |
 //! | `per_vma_lock` | `on`, `off` | `on` when compiled in |
+//! | `threads` | 1..=64: faulting threads (`faultstorm`), children per round (`forkbomb-lite`) | the program's default |
+//! | `pages` | 1..=1048576: pages per region (`faultstorm`) | the program's default |
+//! | `rounds` | 1..=100000: rounds (`faultstorm`, `forkbomb-lite`) | the program's default |
 
 use core::fmt;
 
@@ -24,6 +27,12 @@ pub enum Scenario {
     PageFault,
     /// Panic deliberately; the run must end with the failure status.
     Panic,
+    /// Every CPU comes online, ticks, answers an IPI and runs kernel
+    /// threads; RCU grace periods complete.
+    Smp,
+    /// User processes run on all CPUs, use the basic system calls, exit
+    /// with 0, and give back every frame.
+    User,
     /// MIPS64 only: user mode, syscalls, refills and faults, ASID rollover,
     /// driven directly by the kernel (no scheduler).
     MipsUser,
@@ -37,13 +46,23 @@ pub enum Workload {
     /// Nothing: boot, report, exit.
     #[default]
     None,
+    /// The `hello` program.
+    Hello,
+    /// Threads fault in private regions while another maps and unmaps.
+    Faultstorm,
+    /// Processes fork, write copy-on-write pages, unmap and exit.
+    ForkbombLite,
+    /// Programs that fault on purpose; the kernel kills them and goes on.
+    Segv,
 }
 
 impl Scenario {
-    pub const ALL: [(&'static str, Scenario); 5] = [
+    pub const ALL: [(&'static str, Scenario); 7] = [
         ("boot", Scenario::Boot),
         ("pagefault", Scenario::PageFault),
         ("panic", Scenario::Panic),
+        ("smp", Scenario::Smp),
+        ("user", Scenario::User),
         ("mips-user", Scenario::MipsUser),
         ("mips-shootdown", Scenario::MipsShootdown),
     ];
@@ -57,7 +76,13 @@ impl Scenario {
 }
 
 impl Workload {
-    pub const ALL: [(&'static str, Workload); 1] = [("none", Workload::None)];
+    pub const ALL: [(&'static str, Workload); 5] = [
+        ("none", Workload::None),
+        ("hello", Workload::Hello),
+        ("faultstorm", Workload::Faultstorm),
+        ("forkbomb-lite", Workload::ForkbombLite),
+        ("segv", Workload::Segv),
+    ];
 
     pub fn name(self) -> &'static str {
         Self::ALL
@@ -75,6 +100,10 @@ pub struct Options {
     /// `per_vma_lock=on|off` if given; the kernel combines it with whether
     /// the feature is compiled in.
     pub per_vma_lock: Option<bool>,
+    /// Workload parameters (see the table above).
+    pub threads: Option<u32>,
+    pub pages: Option<u32>,
+    pub rounds: Option<u32>,
 }
 
 /// Why the command line was refused. Borrows the offending word.
@@ -88,11 +117,19 @@ pub enum OptionError<'a> {
     BadValue { key: &'a str, value: &'a str },
     /// The same key twice (which one should win is a guess we refuse to make).
     Duplicate(&'a str),
+    /// A number outside the key's range.
+    OutOfRange {
+        key: &'a str,
+        value: &'a str,
+        min: u32,
+        max: u32,
+    },
 }
 
 /// One line per key with its values, for error messages and `--help` text.
-pub const VALID_KEYS: &str =
-    "test=boot|pagefault|panic|mips-user|mips-shootdown, workload=none, per_vma_lock=on|off";
+pub const VALID_KEYS: &str = "test=boot|pagefault|panic|smp|user|mips-user|mips-shootdown, \
+workload=none|hello|faultstorm|forkbomb-lite|segv, per_vma_lock=on|off, threads=1..64, \
+pages=1..1048576, rounds=1..100000";
 
 impl fmt::Display for OptionError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -103,9 +140,28 @@ impl fmt::Display for OptionError<'_> {
                 write!(f, "`{value}` is not a valid value for `{key}`")
             }
             OptionError::Duplicate(k) => write!(f, "`{k}` given more than once"),
+            OptionError::OutOfRange {
+                key,
+                value,
+                min,
+                max,
+            } => write!(f, "`{value}` is not a number in {min}..={max} for `{key}`"),
         }?;
         write!(f, "; valid keys: {VALID_KEYS}")
     }
+}
+
+fn number<'a>(key: &'a str, value: &'a str, min: u32, max: u32) -> Result<u32, OptionError<'a>> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or(OptionError::OutOfRange {
+            key,
+            value,
+            min,
+            max,
+        })
 }
 
 fn lookup<'a, T: Copy>(
@@ -123,23 +179,34 @@ fn lookup<'a, T: Copy>(
 impl Options {
     /// Parses every word of `cmdline`; the first bad word is the error.
     pub fn parse(cmdline: &CmdLine) -> Result<Options, OptionError<'_>> {
+        const KEYS: [&str; 6] = [
+            "test",
+            "workload",
+            "per_vma_lock",
+            "threads",
+            "pages",
+            "rounds",
+        ];
         let mut o = Options::default();
-        let (mut seen_test, mut seen_workload, mut seen_pvl) = (false, false, false);
+        let mut seen = [false; KEYS.len()];
         for (key, value) in cmdline.args() {
-            let seen = match key {
-                "test" => &mut seen_test,
-                "workload" => &mut seen_workload,
-                "per_vma_lock" => &mut seen_pvl,
-                _ => return Err(OptionError::UnknownKey(key)),
-            };
+            let i = KEYS
+                .iter()
+                .position(|k| *k == key)
+                .ok_or(OptionError::UnknownKey(key))?;
             let value = value.ok_or(OptionError::MissingValue(key))?;
-            if core::mem::replace(seen, true) {
+            if core::mem::replace(&mut seen[i], true) {
                 return Err(OptionError::Duplicate(key));
             }
             match key {
                 "test" => o.test = Some(lookup(&Scenario::ALL, key, value)?),
                 "workload" => o.workload = lookup(&Workload::ALL, key, value)?,
-                _ => o.per_vma_lock = Some(lookup(&[("on", true), ("off", false)], key, value)?),
+                "per_vma_lock" => {
+                    o.per_vma_lock = Some(lookup(&[("on", true), ("off", false)], key, value)?)
+                }
+                "threads" => o.threads = Some(number(key, value, 1, 64)?),
+                "pages" => o.pages = Some(number(key, value, 1, 1 << 20)?),
+                _ => o.rounds = Some(number(key, value, 1, 100_000)?),
             }
         }
         Ok(o)
@@ -163,17 +230,40 @@ mod tests {
             Options {
                 test: Some(Scenario::PageFault),
                 workload: Workload::None,
-                per_vma_lock: Some(false)
+                per_vma_lock: Some(false),
+                ..Options::default()
             }
         );
         assert_eq!(parse("per_vma_lock=on").unwrap().per_vma_lock, Some(true));
         assert_eq!(parse("test=panic").unwrap().test, Some(Scenario::Panic));
         assert_eq!(Scenario::PageFault.name(), "pagefault");
+        let o = parse("workload=forkbomb-lite threads=4 pages=100 rounds=7").unwrap();
+        assert_eq!(o.workload, Workload::ForkbombLite);
+        assert_eq!(
+            (o.threads, o.pages, o.rounds),
+            (Some(4), Some(100), Some(7))
+        );
+        assert_eq!(Workload::Faultstorm.name(), "faultstorm");
+        assert_eq!(parse("test=smp").unwrap().test, Some(Scenario::Smp));
         assert_eq!(
             parse("test=mips-shootdown").unwrap().test,
             Some(Scenario::MipsShootdown)
         );
         assert_eq!(Scenario::MipsUser.name(), "mips-user");
+    }
+
+    #[test]
+    fn rejects_numbers_out_of_range() {
+        assert!(parse("threads=0")
+            .unwrap_err()
+            .starts_with("`0` is not a number in 1..=64 for `threads`"));
+        assert!(parse("threads=65").is_err());
+        assert!(parse("pages=-1").is_err());
+        assert!(parse("rounds=1e3").is_err());
+        assert!(parse("pages=1048577").is_err());
+        assert!(parse("threads=2 threads=3")
+            .unwrap_err()
+            .starts_with("`threads` given more than once"));
     }
 
     #[test]

@@ -10,10 +10,15 @@
 #![no_main]
 #![cfg_attr(target_arch = "mips64", feature(asm_experimental_arch))]
 
+#[cfg(samara_tasks)]
+extern crate alloc;
+
 #[macro_use]
 mod console;
 #[cfg(target_arch = "mips64")]
 mod mips;
+#[cfg(samara_tasks)]
+mod os;
 
 use core::fmt::{self, Write};
 use core::panic::PanicInfo;
@@ -27,7 +32,7 @@ use boot::{BootInfo, RegionKind};
 const PER_VMA_LOCK_BUILT: bool = cfg!(feature = "per-vma-lock");
 
 /// Prints the closing line and ends the run.
-pub(crate) fn finish(status: ExitStatus, args: fmt::Arguments<'_>) -> ! {
+pub fn finish(status: ExitStatus, args: fmt::Arguments<'_>) -> ! {
     let verdict = match status {
         ExitStatus::Success => "pass",
         ExitStatus::Failure => "fail",
@@ -114,6 +119,18 @@ pub extern "Rust" fn samara_main(info: &'static BootInfo) -> ! {
         if per_vma_lock { "enabled" } else { "disabled" }
     );
     match opts.test {
+        #[cfg(samara_tasks)]
+        Some(s @ (Scenario::Smp | Scenario::User)) => {
+            os::start(info, opts, per_vma_lock, os::Run::Scenario(s))
+        }
+        #[cfg(not(samara_tasks))]
+        Some(s @ (Scenario::Smp | Scenario::User)) => finish(
+            ExitStatus::Failure,
+            format_args!(
+                "test {}: this architecture has no scheduler or user mode yet",
+                s.name()
+            ),
+        ),
         Some(Scenario::Boot) => {
             let checked = check_physmap(info);
             finish(
@@ -141,6 +158,16 @@ pub extern "Rust" fn samara_main(info: &'static BootInfo) -> ! {
             Workload::None => finish(
                 ExitStatus::Success,
                 format_args!("workload none: nothing to run"),
+            ),
+            #[cfg(samara_tasks)]
+            w => os::start(info, opts, per_vma_lock, os::Run::Workload(w)),
+            #[cfg(not(samara_tasks))]
+            w => finish(
+                ExitStatus::Failure,
+                format_args!(
+                    "workload {}: this architecture has no user mode yet",
+                    w.name()
+                ),
             ),
         },
     }

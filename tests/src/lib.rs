@@ -114,16 +114,25 @@ impl ScenarioRun {
 /// Builds (once) and boots `arch` with `per_vma_lock` as configured and
 /// `kernel_args` on the command line; `name` labels the log file.
 pub fn run(arch: Arch, per_vma_lock: bool, name: &str, kernel_args: &str) -> ScenarioRun {
-    run_with(arch, per_vma_lock, name, kernel_args, 1)
+    run_smp(arch, per_vma_lock, name, kernel_args, None)
 }
 
-/// [`run`] with at least `min_smp` CPUs (more if `SAMARA_TEST_SMP` asks).
-pub fn run_with(
+/// The CPU count of the scenarios that exercise SMP: at least 4 (more if
+/// `SAMARA_TEST_SMP` asks for more).
+pub fn smp_cpus() -> u32 {
+    env_or("SAMARA_TEST_SMP", "4")
+        .parse::<u32>()
+        .unwrap_or(4)
+        .max(4)
+}
+
+/// [`run`] with `smp` CPUs instead of `SAMARA_TEST_SMP`'s.
+pub fn run_smp(
     arch: Arch,
     per_vma_lock: bool,
     name: &str,
     kernel_args: &str,
-    min_smp: u32,
+    smp: Option<u32>,
 ) -> ScenarioRun {
     let config = KernelConfig {
         arch,
@@ -134,12 +143,13 @@ pub fn run_with(
     let image = image(config).unwrap_or_else(|e| panic!("{e}"));
     let choice = AccelChoice::from_env().unwrap_or_else(|e| panic!("{e}"));
     let (accel, _) = qemu::choose_accel(arch, choice).unwrap_or_else(|e| panic!("{e}"));
-    let smp = env_or("SAMARA_TEST_SMP", "1");
+    let smp_env = env_or("SAMARA_TEST_SMP", "1");
     let machine = Machine {
-        smp: smp
-            .parse::<u32>()
-            .unwrap_or_else(|_| panic!("SAMARA_TEST_SMP={smp} is not a number"))
-            .max(min_smp),
+        smp: smp.unwrap_or_else(|| {
+            smp_env
+                .parse()
+                .unwrap_or_else(|_| panic!("SAMARA_TEST_SMP={smp_env} is not a number"))
+        }),
         mem: qemu::parse_mem(&env_or("SAMARA_TEST_MEM", qemu::DEFAULT_MEM))
             .unwrap_or_else(|e| panic!("SAMARA_TEST_MEM: {e}")),
         accel,
@@ -236,6 +246,40 @@ pub fn scenario_bad_args(arch: Arch, per_vma_lock: bool) {
     r.require_line("samara: exit 1");
 }
 
+/// `test=smp`: every CPU comes online, ticks, answers an IPI and runs
+/// kernel threads; RCU callbacks run on an idle system.
+pub fn scenario_smp(arch: Arch, per_vma_lock: bool) {
+    let n = smp_cpus();
+    let r = run_smp(arch, per_vma_lock, "smp", "test=smp", Some(n));
+    r.require_outcome(Outcome::Pass);
+    r.require_line(&format!("test smp: {n} of {n} CPU(s) online"));
+    r.require_line(&format!("kernel threads ran on {n} CPU(s)"));
+    r.require_line(&format!("samara: result: pass: test smp: {n} CPUs online"));
+}
+
+/// `test=user`: `hello` processes on every CPU: user mode, system calls,
+/// bad pointers refused, exit, and every frame given back.
+pub fn scenario_user(arch: Arch, per_vma_lock: bool) {
+    let n = smp_cpus();
+    let r = run_smp(arch, per_vma_lock, "user", "test=user", Some(n));
+    r.require_outcome(Outcome::Pass);
+    for i in 0..2 * n {
+        r.require_line(&format!(", arg {i}\n"));
+    }
+    let passed = r
+        .log_text
+        .matches(&format!("hello: all checks passed on {n} CPU(s)"))
+        .count();
+    r.require(
+        passed == 2 * n as usize,
+        &format!("{passed} of {} hello processes passed their checks", 2 * n),
+    );
+    r.require_line(&format!(
+        "samara: result: pass: test user: {} user processes ran and exited with 0; frames free back at",
+        2 * n
+    ));
+}
+
 /// `test=mips-user` (MIPS64): user mode, syscalls, refills, the two
 /// expected faults, and ASID isolation across generation rollovers.
 pub fn scenario_mips_user(per_vma_lock: bool) {
@@ -260,12 +304,16 @@ pub fn scenario_mips_user(per_vma_lock: bool) {
 /// (answered from the tick), switched away (stale ASID mark, no request),
 /// spinning in the kernel (spin hook), and idle.
 pub fn scenario_mips_shootdown(per_vma_lock: bool) {
-    let r = run_with(
+    let smp = env_or("SAMARA_TEST_SMP", "2")
+        .parse::<u32>()
+        .unwrap_or(2)
+        .max(2);
+    let r = run_smp(
         Arch::Mips64,
         per_vma_lock,
         "mips-shootdown",
         "test=mips-shootdown",
-        2,
+        Some(smp),
     );
     r.require_outcome(Outcome::Pass);
     r.require_line("platform:     malta, ");

@@ -87,6 +87,54 @@ impl KernelConfig {
         output_dir().join(self.slug()).join("samara.elf")
     }
 
+    /// The directory holding this architecture's user programs once
+    /// [`KernelConfig::build_user`] ran, or `None` where xtask does not
+    /// build them yet (MIPS64: the port adds its target here). The kernel's
+    /// build script embeds every program it finds there
+    /// (`SAMARA_USER_DIR`).
+    pub fn user_dir(&self) -> Option<PathBuf> {
+        match self.arch {
+            Arch::X86_64 => Some(
+                workspace_root()
+                    .join("target/user")
+                    .join(self.target_name())
+                    .join("release"),
+            ),
+            Arch::Mips64 => None,
+        }
+    }
+
+    /// A `cargo <subcommand>` of the user programs (`kernel/user`), always
+    /// optimised (they are benchmarks as much as tests), in their own target
+    /// directory, linked statically at their fixed address with the small
+    /// code model (the target's default is the kernel model), debug info
+    /// stripped (they are embedded in the kernel image).
+    pub fn user_cargo(&self, subcommand: &str) -> Option<Command> {
+        self.user_dir()?;
+        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cmd.current_dir(workspace_root())
+            .env_remove("CARGO_TARGET_DIR")
+            .env(
+                "RUSTFLAGS",
+                "-C relocation-model=static -C code-model=small -C strip=debuginfo",
+            )
+            .args([subcommand, "-p", "samara-user", "--release", "--target"])
+            .arg(self.target_name())
+            .arg("--target-dir")
+            .arg(workspace_root().join("target/user"));
+        Some(cmd)
+    }
+
+    /// Builds the user programs (if this architecture has them) and returns
+    /// their directory.
+    pub fn build_user(&self, quiet: bool) -> Result<Option<PathBuf>> {
+        let Some(mut cmd) = self.user_cargo("build") else {
+            return Ok(None);
+        };
+        run_cargo(&mut cmd, quiet, "user programs")?;
+        Ok(self.user_dir())
+    }
+
     /// A `cargo <subcommand>` (build, clippy, check) of the kernel binary for
     /// this configuration, with every flag the target needs.
     pub fn cargo(&self, subcommand: &str) -> Command {
@@ -95,6 +143,9 @@ impl KernelConfig {
         cmd.current_dir(&root)
             .env_remove("CARGO_TARGET_DIR")
             .arg(subcommand);
+        if let Some(dir) = self.user_dir() {
+            cmd.env("SAMARA_USER_DIR", dir);
+        }
         match self.arch {
             Arch::X86_64 => {
                 cmd.args(["--target", "x86_64-unknown-none"]);
@@ -138,33 +189,9 @@ impl KernelConfig {
     /// Builds the kernel and returns the path of its image. With `quiet`,
     /// cargo's output is captured and only shown (its tail) in the error.
     pub fn build(&self, quiet: bool) -> Result<PathBuf> {
+        self.build_user(quiet)?;
         let mut cmd = self.cargo("build");
-        let status = if quiet {
-            let out = cmd
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
-            if !out.status.success() {
-                let stderr = String::from_utf8_lossy(&out.stderr);
-                let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                return Err(Error::new(format!(
-                    "kernel build failed ({}):\n{}",
-                    self.describe(),
-                    tail.join("\n")
-                )));
-            }
-            out.status
-        } else {
-            cmd.status()
-                .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?
-        };
-        if !status.success() {
-            return Err(Error::new(format!(
-                "kernel build failed ({}): cargo exited with {status}",
-                self.describe()
-            )));
-        }
+        run_cargo(&mut cmd, quiet, &format!("kernel ({})", self.describe()))?;
         let built = Self::target_dir()
             .join(self.target_name())
             .join(self.profile())
@@ -183,6 +210,36 @@ impl KernelConfig {
         })?;
         Ok(image)
     }
+}
+
+/// Runs a cargo build; with `quiet`, its output is captured and only shown
+/// (its tail) in the error.
+fn run_cargo(cmd: &mut Command, quiet: bool, what: &str) -> Result<()> {
+    let status = if quiet {
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(Error::new(format!(
+                "build of the {what} failed:\n{}",
+                tail.join("\n")
+            )));
+        }
+        out.status
+    } else {
+        cmd.status()
+            .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?
+    };
+    if !status.success() {
+        return Err(Error::new(format!(
+            "build of the {what} failed: cargo exited with {status}"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -213,6 +270,20 @@ mod tests {
         assert!(!a.iter().any(|x| x.contains("build-std")));
         let cmd = c.cargo("build");
         assert!(!cmd.get_envs().any(|(k, _)| k == "RUSTC_BOOTSTRAP"));
+        // The kernel embeds the user programs xtask builds for it.
+        let dir = c.user_dir().unwrap();
+        assert!(dir.ends_with("target/user/x86_64-unknown-none/release"));
+        assert!(cmd
+            .get_envs()
+            .any(|(k, v)| k == "SAMARA_USER_DIR" && v == Some(dir.as_os_str())));
+        let u: Vec<String> = c
+            .user_cargo("build")
+            .unwrap()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(u.windows(2).any(|w| w == ["-p", "samara-user"]));
+        assert!(u.contains(&"--release".to_string()));
         assert_eq!(c.slug(), "x86_64-release-nopvl");
         assert!(c
             .image_path()

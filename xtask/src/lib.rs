@@ -11,6 +11,7 @@ pub mod flash;
 pub mod install;
 pub mod qemu;
 pub mod serial;
+pub mod summary;
 
 use std::path::PathBuf;
 

@@ -29,9 +29,13 @@ use xtask::{output_dir, workspace_root, Arch, Board, Error, Result};
 /// default.
 const TEST_ARCHES: &[Arch] = &[Arch::X86_64, Arch::Mips64];
 
+/// What `cargo xtask run` runs when the kernel arguments name no scenario
+/// or workload.
+const DEFAULT_WORKLOAD: &str = "faultstorm";
+
 /// Host crates that clippy checks with `--all-targets` (the kernel crates
 /// are checked per target instead).
-const HOST_PACKAGES: &[&str] = &["mm", "boot", "xtask", "qemu-tests"];
+const HOST_PACKAGES: &[&str] = &["mm", "boot", "samara-abi", "xtask", "qemu-tests"];
 
 #[derive(Parser)]
 #[command(
@@ -102,7 +106,8 @@ struct FlashOpts {
     /// With --serial: seconds the kernel may run before the monitor gives up.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
-    /// Kernel command line: test=boot|pagefault|panic, workload=none, per_vma_lock=on|off.
+    /// Kernel command line (see boot/src/options.rs), e.g. workload=segv per_vma_lock=off;
+    /// without test= or workload=, `run` adds workload=faultstorm.
     #[arg(last = true)]
     kernel_args: Vec<String>,
 }
@@ -160,7 +165,8 @@ struct RunOpts {
     /// Seconds before QEMU is killed and the run reported as hung.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
-    /// Kernel command line: test=boot|pagefault|panic, workload=none, per_vma_lock=on|off.
+    /// Kernel command line (see boot/src/options.rs), e.g. workload=segv per_vma_lock=off;
+    /// without test= or workload=, `run` adds workload=faultstorm.
     #[arg(last = true)]
     kernel_args: Vec<String>,
 }
@@ -274,7 +280,18 @@ fn run(o: &RunOpts) -> Result<()> {
     let log = output_dir()
         .join("logs")
         .join(format!("run-{}.log", config.slug()));
-    let kernel_args = o.kernel_args.join(" ");
+    // Without a scenario or workload on the command line, run the default
+    // workload.
+    let mut kernel_args = o.kernel_args.join(" ");
+    if !o
+        .kernel_args
+        .iter()
+        .any(|a| a.starts_with("test=") || a.starts_with("workload="))
+    {
+        kernel_args = format!("workload={DEFAULT_WORKLOAD} {kernel_args}")
+            .trim_end()
+            .to_string();
+    }
     println!(
         "xtask: booting {} in QEMU with {why}, {} CPU(s), {} memory, args \"{kernel_args}\"",
         config.arch, machine.smp, machine.mem
@@ -307,6 +324,9 @@ fn run(o: &RunOpts) -> Result<()> {
     }
     for line in summary {
         println!("xtask: kernel summary: {line}");
+    }
+    if let Some(table) = xtask::summary::readable(&report.output) {
+        print!("{table}");
     }
     let what = report.outcome.describe(timeout);
     if report.outcome == Outcome::Pass {
@@ -465,6 +485,16 @@ fn test_steps(o: &TestOpts) -> Vec<Step> {
                 release,
                 per_vma_lock: true,
             };
+            // The user programs first: the kernel embeds them, and clippy
+            // checks them for the same target.
+            if let Some(mut cmd) = config.user_cargo("clippy") {
+                cmd.args(["--", "-D", "warnings"]);
+                status(
+                    &mut cmd,
+                    &format!("cargo clippy (user programs, {arch}) -- -D warnings"),
+                )?;
+                config.build_user(false)?;
+            }
             let mut cmd = config.cargo("clippy");
             cmd.args(["--", "-D", "warnings"]);
             status(

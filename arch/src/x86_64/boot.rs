@@ -24,10 +24,11 @@
 use core::arch::global_asm;
 
 use boot::pvh::{self, PhysMem};
-use boot::BootInfo;
+use boot::{acpi, BootInfo};
 use spin::Once;
 
-use super::{console, exit, gdt, paging, trap};
+use super::percpu::PerCpu;
+use super::{apic, console, cpu, exit, gdt, mmu, paging, percpu, smp, syscall, timer, trap};
 use crate::ExitStatus;
 
 /// Stack of the boot CPU until the kernel has a scheduler.
@@ -203,13 +204,40 @@ impl PhysMem for BootPhysmap {
     }
 }
 
+/// The boot CPU's per-CPU area (secondaries allocate theirs).
+static mut BOOT_PERCPU: PerCpu = PerCpu::new();
+
+/// Prints `what: err` and ends the run with failure: bad boot data or
+/// missing hardware is not a kernel bug.
+fn fail(what: &str, err: &dyn core::fmt::Display) -> ! {
+    crate::write_display(
+        console::write_bytes,
+        &format_args!("samara: {what}: {err}\n"),
+    );
+    exit::exit_qemu(ExitStatus::Failure);
+}
+
 /// First Rust code on the boot CPU, on the boot stack, in the higher half.
+///
+/// Order matters: segments before the GS base (loading a segment register
+/// may clear it), the GS base before anything asks which CPU it runs on,
+/// the identity map dropped before PCIDs (CR4.PCIDE wants PCID 0 in CR3),
+/// the ACPI tables parsed before anything writes low memory, the timer
+/// calibrated before the APs are started (their start-up delays use it).
 extern "C" fn x86_64_start(start_info_pa: u64) -> ! {
     console::init();
-    gdt::init();
-    trap::init();
+    // SAFETY: the boot CPU's tables and per-CPU area are statics used by
+    // this CPU alone; interrupts are off.
+    unsafe {
+        gdt::load(gdt::boot_tables());
+        percpu::install(core::ptr::addr_of_mut!(BOOT_PERCPU), 0, gdt::boot_tables());
+    }
+    trap::load();
+    cpu::init_features();
+    syscall::init_cpu();
     // Nothing below runs from the low half any more.
     paging::drop_identity_map();
+    mmu::init_cpu();
 
     // Both symbols are defined by linker/x86_64.ld; only their addresses
     // (physical, as absolute symbols) are used, never their contents.
@@ -227,10 +255,25 @@ extern "C" fn x86_64_start(start_info_pa: u64) -> ! {
         }
     };
     if let Err(e) = paging::extend_physmap(&mut info.memory) {
-        console::write_bytes(b"samara: cannot map all of RAM: ");
-        crate::write_display(console::write_bytes, &e);
-        console::write_bytes(b"\r\n");
-        exit::exit_qemu(ExitStatus::Failure);
+        fail("cannot map all of RAM", &e);
+    }
+    apic::init_boot();
+    let madt = acpi::find_rsdp(&BootPhysmap, info.acpi_rsdp)
+        .and_then(|rsdp| acpi::parse_madt(&BootPhysmap, rsdp));
+    match madt {
+        Ok(m) => smp::set_cpus(apic::id(), m.apic_ids()),
+        Err(e) => {
+            // Without a MADT the other CPUs cannot be found: run on this one.
+            crate::write_display(
+                console::write_bytes,
+                &format_args!("samara: no CPU list ({e}); running on the boot CPU only\n"),
+            );
+            smp::set_cpus(apic::id(), &[]);
+        }
+    }
+    info.cpu_count = smp::cpu_count() as u32;
+    if let Err(e) = timer::calibrate() {
+        fail("cannot calibrate the timer", &e);
     }
     crate::enter_kernel(BOOT_INFO.call_once(|| info))
 }

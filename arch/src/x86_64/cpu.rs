@@ -85,6 +85,56 @@ pub fn has_1g_pages() -> bool {
     __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).edx & (1 << 26) != 0
 }
 
+/// CR0 / CR4 bits.
+const CR0_EM: u64 = 1 << 2;
+const CR0_TS: u64 = 1 << 3;
+const CR4_SMEP: u64 = 1 << 20;
+const CR4_SMAP: u64 = 1 << 21;
+
+/// Sets this CPU's control-register features. Every CPU, once.
+///
+/// * CR0.EM: no x87/MMX/SSE anywhere. The kernel and the user programs are
+///   soft-float (`x86_64-unknown-none`), so the kernel saves no FPU state on
+///   a task switch; a user program that executes an FPU or SSE instruction
+///   takes #NM or #UD and is killed instead of corrupting another task's
+///   registers.
+/// * CR4.SMEP and CR4.SMAP when the CPU has them: the kernel never executes
+///   or touches user pages through user addresses (it copies through the
+///   physmap after walking the page table), so either would catch a bug.
+pub fn init_features() {
+    let l7 = if __cpuid(0).eax >= 7 {
+        core::arch::x86_64::__cpuid_count(7, 0).ebx
+    } else {
+        0
+    };
+    // SAFETY: setting EM and clearing TS only changes which FPU
+    // instructions trap; SMEP/SMAP are set only when CPUID reports them, and
+    // no kernel code accesses user addresses.
+    unsafe {
+        let mut cr0: u64;
+        core::arch::asm!("mov {}, cr0", out(reg) cr0, options(nostack, nomem));
+        cr0 = (cr0 | CR0_EM) & !CR0_TS;
+        core::arch::asm!("mov cr0, {}", in(reg) cr0, options(nostack));
+        let mut cr4: u64;
+        core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nostack, nomem));
+        if l7 & (1 << 7) != 0 {
+            cr4 |= CR4_SMEP;
+        }
+        if l7 & (1 << 20) != 0 {
+            cr4 |= CR4_SMAP;
+        }
+        core::arch::asm!("mov cr4, {}", in(reg) cr4, options(nostack));
+    }
+}
+
+/// Whether CR4.SMAP is on (for the banner).
+pub fn smap() -> bool {
+    let cr4: u64;
+    // SAFETY: reading CR4 has no side effects.
+    unsafe { core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nostack, nomem)) };
+    cr4 & CR4_SMAP != 0
+}
+
 /// Stops this CPU for good: interrupts off, then `hlt` in a loop (an NMI
 /// would wake `hlt`, hence the loop).
 pub fn halt_forever() -> ! {

@@ -1,7 +1,7 @@
 //! The kernel address space: the physmap and the boot page tables.
 //!
 //! ```text
-//!   0x0000_0000_0000_0000 .. 0x0000_8000_0000_0000  user (empty; issue 6)
+//!   0x0000_0000_0000_0000 .. 0x0000_7fff_ffff_f000  user (per-task page tables, see mmu.rs)
 //!   0xffff_8000_0000_0000 .. +512 GiB               physmap: PA 0.. at PHYSMAP_BASE
 //!   0xffff_c000_0000_0000 .. (PML4[384])            unmapped (UNMAPPED_KERNEL_ADDR)
 //!   0xffff_ffff_8000_0000 .. 0                      kernel image (-2 GiB, code model kernel)
@@ -31,6 +31,8 @@ const PAGE_SIZE: u64 = 4096;
 const ENTRIES: usize = 512;
 const PTE_PRESENT: u64 = 1 << 0;
 const PTE_WRITABLE: u64 = 1 << 1;
+const PTE_PWT: u64 = 1 << 3;
+const PTE_PCD: u64 = 1 << 4;
 const PTE_HUGE: u64 = 1 << 7;
 const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 const PHYSMAP_PML4_SLOT: usize = 256;
@@ -61,11 +63,44 @@ fn pml4() -> &'static mut [u64; ENTRIES] {
     unsafe { table(frame.start_address().as_u64()) }
 }
 
+/// Physical address of the kernel's PML4 (the boot page tables), recorded
+/// by [`drop_identity_map`]: the root of every kernel-only context and the
+/// source of the kernel half of every user root.
+static KERNEL_ROOT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// The kernel's PML4 (physical address).
+pub fn kernel_root() -> u64 {
+    KERNEL_ROOT.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// Marks the 2 MiB physmap page holding physical address `pa` (below
+/// [`BOOT_PHYSMAP_END`]) uncacheable, for MMIO such as the xAPIC page.
+/// Boot CPU, before secondaries start.
+pub fn make_uncacheable(pa: u64) {
+    assert!(
+        pa < BOOT_PHYSMAP_END,
+        "MMIO at {pa:#x} is above the boot physmap"
+    );
+    let pdpt_pa = pml4()[PHYSMAP_PML4_SLOT] & PTE_ADDR_MASK;
+    // SAFETY: PML4[256] points at boot_pdpt_low (.boot.bss, boot physmap),
+    // whose first four entries point at the boot page directories.
+    let pdpt = unsafe { table(pdpt_pa) };
+    let pd_pa = pdpt[(pa >> 30) as usize] & PTE_ADDR_MASK;
+    // SAFETY: as above: a boot page directory, in the boot physmap.
+    let pd = unsafe { table(pd_pa) };
+    pd[((pa >> 21) & 511) as usize] |= PTE_PCD | PTE_PWT;
+    x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(phys_to_virt(pa) as u64));
+}
+
 /// Removes the boot identity map (PML4[0]) so the low half is free for user
 /// address spaces. Called once the kernel runs from the higher half.
 pub fn drop_identity_map() {
     pml4()[0] = 0;
     let (frame, flags) = Cr3::read();
+    KERNEL_ROOT.store(
+        frame.start_address().as_u64(),
+        core::sync::atomic::Ordering::Relaxed,
+    );
     // SAFETY: rewriting CR3 with its own value only flushes the non-global
     // TLB entries; nothing still executing or referenced lives in the low
     // half (the stub is done; start_info is read through the physmap).

@@ -1,10 +1,21 @@
-//! The IDT and the exception entry stubs.
+//! The IDT, the interrupt and exception entry stubs, and the return path
+//! to user mode.
 //!
-//! Stable Rust has no `extern "x86-interrupt"`, so each of the 32 exception
-//! vectors gets a small assembly stub that pushes a zero error code when the
-//! CPU does not push one, then the vector number, and joins `trap_common`,
-//! which saves the general registers into a [`TrapFrame`] and calls
-//! [`trap_dispatch`]. Hardware interrupts stay masked (IF = 0) for now.
+//! Stable Rust has no `extern "x86-interrupt"`, so every vector gets a
+//! small assembly stub that pushes a zero error code when the CPU does not
+//! push one, then the vector number, and joins `trap_common`, which
+//! switches to the kernel GS base when the CPU came from user mode, saves
+//! the general registers into a [`TrapFrame`] and calls [`trap_dispatch`].
+//! `trap_return` undoes all of it and `iretq`s; new user tasks and the
+//! syscall path use it too.
+//!
+//! Vectors: 0..32 exceptions; [`TIMER_VECTOR`] the LAPIC timer;
+//! [`IPI_VECTOR`] the kernel's inter-processor interrupt; 0x30..0x40 the
+//! (remapped, masked) legacy PIC, whose spurious interrupts are ignored;
+//! [`SPURIOUS_VECTOR`] the LAPIC's spurious vector; anything else is a bug.
+//!
+//! All gates are interrupt gates, so IF = 0 on entry: the kernel runs with
+//! interrupts off (see the interrupt rule in `arch/src/lib.rs`).
 
 use core::arch::global_asm;
 use core::fmt::Write;
@@ -15,12 +26,14 @@ use x86_64::registers::control::Cr2;
 use x86_64::structures::DescriptorTablePointer;
 use x86_64::VirtAddr;
 
-use super::gdt;
-use crate::{AccessKind, FaultReport};
+use super::{apic, gdt};
+use crate::{AccessKind, FaultReport, UserTrap};
 
-/// Registers saved on exception entry, lowest address first.
+/// Registers saved on every entry (exception, interrupt, syscall), lowest
+/// address first. From user mode the frame always occupies the top
+/// [`FRAME_SIZE`] bytes of the task's kernel stack.
 #[repr(C)]
-#[derive(Debug)]
+#[derive(Debug, Clone, Default)]
 pub struct TrapFrame {
     pub r15: u64,
     pub r14: u64,
@@ -37,10 +50,11 @@ pub struct TrapFrame {
     pub rcx: u64,
     pub rbx: u64,
     pub rax: u64,
+    /// The vector, or [`SYSCALL_VECTOR`] for the syscall entry.
     pub vector: u64,
     /// The CPU's error code, or 0 for vectors without one.
     pub error: u64,
-    // Pushed by the CPU.
+    // Pushed by the CPU (by the syscall entry for syscalls).
     pub rip: u64,
     pub cs: u64,
     pub rflags: u64,
@@ -48,55 +62,52 @@ pub struct TrapFrame {
     pub ss: u64,
 }
 
+pub const FRAME_SIZE: usize = 22 * 8;
+const _: () = assert!(core::mem::size_of::<TrapFrame>() == FRAME_SIZE);
+const _: () = assert!(FRAME_SIZE.is_multiple_of(16));
+/// Offset of `cs` in the frame, as `trap_common` sees it after the stub's
+/// two pushes (vector, error) and before the register pushes.
+const CS_AFTER_STUB: usize = 3 * 8;
+
+pub const TIMER_VECTOR: u8 = 0x20;
+pub const IPI_VECTOR: u8 = 0x21;
+pub const PIC_BASE_VECTOR: u8 = 0x30;
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+/// Marks frames built by the syscall entry.
+pub const SYSCALL_VECTOR: u64 = 0x100;
+
+/// RFLAGS.IF, and the always-one bit 1: what a user task starts with.
+pub const USER_RFLAGS: u64 = 0x202;
+
 // Vectors whose exceptions push an error code (SDM vol. 3A, table 6-1):
 // #DF 8, #TS 10, #NP 11, #SS 12, #GP 13, #PF 14, #AC 17, #CP 21, #VC 29, #SX 30.
+// Each stub is at most 12 bytes (push imm8, push imm32, jmp rel32) and
+// starts on a 16-byte boundary, so vector n's stub is at
+// `samara_x86_trap_stubs + 16 * n`.
 global_asm!(
     r#"
-    .macro TRAP_STUB vec, has_error
+    .section .text.trap_stubs, "ax"
     .balign 16
-trap_stub_\vec:
-    .if \has_error == 0
+    .global samara_x86_trap_stubs
+samara_x86_trap_stubs:
+    .set vec, 0
+    .rept 256
+    .balign 16
+    .if (vec == 8) || ((vec >= 10) && (vec <= 14)) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
+    .else
     push 0
     .endif
-    push \vec
+    push vec
     jmp trap_common
-    .endm
-
-    .section .text.trap_stubs, "ax"
-    TRAP_STUB 0, 0
-    TRAP_STUB 1, 0
-    TRAP_STUB 2, 0
-    TRAP_STUB 3, 0
-    TRAP_STUB 4, 0
-    TRAP_STUB 5, 0
-    TRAP_STUB 6, 0
-    TRAP_STUB 7, 0
-    TRAP_STUB 8, 1
-    TRAP_STUB 9, 0
-    TRAP_STUB 10, 1
-    TRAP_STUB 11, 1
-    TRAP_STUB 12, 1
-    TRAP_STUB 13, 1
-    TRAP_STUB 14, 1
-    TRAP_STUB 15, 0
-    TRAP_STUB 16, 0
-    TRAP_STUB 17, 1
-    TRAP_STUB 18, 0
-    TRAP_STUB 19, 0
-    TRAP_STUB 20, 0
-    TRAP_STUB 21, 1
-    TRAP_STUB 22, 0
-    TRAP_STUB 23, 0
-    TRAP_STUB 24, 0
-    TRAP_STUB 25, 0
-    TRAP_STUB 26, 0
-    TRAP_STUB 27, 0
-    TRAP_STUB 28, 0
-    TRAP_STUB 29, 1
-    TRAP_STUB 30, 1
-    TRAP_STUB 31, 0
+    .set vec, vec + 1
+    .endr
 
 trap_common:
+    /* From user mode (CS.RPL = 3): switch to the kernel GS base. */
+    test byte ptr [rsp + {cs_off}], 3
+    jz 1f
+    swapgs
+1:
     /* The CPU aligned RSP to 16 before pushing its 5-word frame; with the
        error code, the vector and 15 registers the frame is 22 words, so RSP
        is 16-byte aligned again at the call, as the SysV ABI wants. */
@@ -118,6 +129,9 @@ trap_common:
     mov rdi, rsp
     cld
     call {dispatch}
+
+    .global samara_x86_trap_return
+samara_x86_trap_return:
     pop r15
     pop r14
     pop r13
@@ -134,22 +148,21 @@ trap_common:
     pop rbx
     pop rax
     add rsp, 16                     /* vector and error code */
+    /* Back to user mode: restore the user GS base last. */
+    test byte ptr [rsp + 8], 3
+    jz 2f
+    swapgs
+2:
     iretq
 
-    .section .rodata.trap_stub_table, "a"
-    .balign 8
-    .global trap_stub_table
-trap_stub_table:
-    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
-    .quad trap_stub_\n
-    .endr
     "#,
     dispatch = sym trap_dispatch,
+    cs_off = const CS_AFTER_STUB,
 );
 
 unsafe extern "C" {
-    /// Addresses of the 32 stubs above, by vector.
-    static trap_stub_table: [u64; 32];
+    /// The 256 stubs above, 16 bytes apart.
+    static samara_x86_trap_stubs: [u8; 0];
 }
 
 /// One 16-byte IDT gate (SDM vol. 3A, figure 6-8).
@@ -168,16 +181,6 @@ struct Gate {
 }
 
 impl Gate {
-    const MISSING: Gate = Gate {
-        offset_low: 0,
-        selector: 0,
-        ist: 0,
-        type_attr: 0,
-        offset_mid: 0,
-        offset_high: 0,
-        reserved: 0,
-    };
-
     fn interrupt(handler: u64, selector: u16, ist: u8) -> Gate {
         Gate {
             offset_low: handler as u16,
@@ -239,34 +242,36 @@ const PF_WRITE: u64 = 1 << 1;
 const PF_USER: u64 = 1 << 2;
 const PF_INSTRUCTION: u64 = 1 << 4;
 
-/// Builds and loads the IDT: all 32 exception vectors, with IST stacks for
-/// #DF, NMI, #MC and #PF (see [`gdt`]). Boot CPU, once, after [`gdt::init`].
-pub fn init() {
+/// Builds the IDT (once) and loads it on this CPU: every vector, with IST
+/// stacks for #DF, NMI and #MC (see [`gdt`]). After [`gdt::load`].
+pub fn load() {
     let idt = IDT.call_once(|| {
-        let mut gates = [Gate::MISSING; 256];
-        let sel = gdt::kernel_code_selector();
-        // SAFETY: the table is emitted by the global_asm above and never written.
-        let stubs = unsafe { &*core::ptr::addr_of!(trap_stub_table) };
-        for (vector, &stub) in stubs.iter().enumerate() {
+        let stubs = core::ptr::addr_of!(samara_x86_trap_stubs) as u64;
+        Idt(core::array::from_fn(|vector| {
             let ist = match vector {
                 2 => gdt::IST_NMI,
                 8 => gdt::IST_DOUBLE_FAULT,
-                14 => gdt::IST_PAGE_FAULT,
                 18 => gdt::IST_MACHINE_CHECK,
                 _ => 0,
             };
-            gates[vector] = Gate::interrupt(stub, sel, ist);
-        }
-        Idt(gates)
+            Gate::interrupt(stubs + 16 * vector as u64, gdt::KERNEL_CS, ist)
+        }))
     });
     let ptr = DescriptorTablePointer {
         limit: (core::mem::size_of::<Idt>() - 1) as u16,
         base: VirtAddr::new(idt as *const Idt as u64),
     };
     // SAFETY: the IDT lives in a static for the kernel's lifetime, every
-    // present gate points at a stub above with the kernel code selector,
-    // and each IST index names a stack the TSS provides (gdt::init ran).
+    // gate points at a stub above with the kernel code selector, and each
+    // IST index names a stack the TSS provides (gdt::load ran).
     unsafe { lidt(&ptr) };
+}
+
+impl TrapFrame {
+    /// Whether the CPU was in user mode when this frame was saved.
+    pub fn is_user(&self) -> bool {
+        self.cs & 3 == 3
+    }
 }
 
 /// Turns a page-fault frame into the arch-neutral report.
@@ -289,19 +294,73 @@ fn decode_page_fault(frame: &TrapFrame, cr2: u64) -> FaultReport {
     }
 }
 
-/// Called by `trap_common` with the saved frame.
-extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
-    if frame.vector == PF_VECTOR {
-        // CR2 must be read before anything can fault again.
-        let cr2 = Cr2::read_raw();
-        crate::report_fault(&decode_page_fault(frame, cr2));
-    }
-    // No other exception is expected yet: report everything we know and
-    // stop through the kernel's panic path (which exits QEMU with failure).
-    let name = NAMES
-        .get(frame.vector as usize)
+fn exception_name(vector: u64) -> &'static str {
+    NAMES
+        .get(vector as usize)
         .copied()
-        .unwrap_or("unknown vector");
+        .unwrap_or("unknown vector")
+}
+
+/// Called by `trap_common` with the saved frame, interrupts off.
+extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    let vector = frame.vector;
+    let user = frame.is_user();
+    match vector {
+        0..32 => {
+            let trap = if vector == PF_VECTOR {
+                // CR2 must be read before anything can fault again.
+                let cr2 = Cr2::read_raw();
+                let report = decode_page_fault(frame, cr2);
+                if !user {
+                    crate::report_fault(&report);
+                }
+                if cr2 == super::syscall::entry()
+                    && frame.rip == cr2
+                    && frame.error & PF_INSTRUCTION != 0
+                    && super::syscall::complete_broken_syscall(frame)
+                {
+                    crate::hooks::exit_to_user(frame);
+                    return;
+                }
+                UserTrap::MemoryFault(report)
+            } else if user && vector != 2 && vector != 8 && vector != 18 {
+                UserTrap::Exception {
+                    code: vector,
+                    name: exception_name(vector),
+                    pc: frame.rip,
+                }
+            } else {
+                kernel_exception(frame)
+            };
+            crate::hooks::user_trap(frame, &trap);
+        }
+        v if v == u64::from(TIMER_VECTOR) => {
+            // EOI first: the handler may switch to another task, which then
+            // returns to user mode with this vector still in service.
+            apic::eoi();
+            crate::hooks::tick(user);
+        }
+        v if v == u64::from(IPI_VECTOR) => {
+            apic::eoi();
+            crate::hooks::ipi();
+        }
+        // Spurious interrupts (LAPIC, and the masked 8259s' IRQ 7 and 15)
+        // need no EOI and carry no work.
+        v if v == u64::from(SPURIOUS_VECTOR)
+            || (u64::from(PIC_BASE_VECTOR)..u64::from(PIC_BASE_VECTOR) + 16).contains(&v) => {}
+        _ => {
+            kernel_exception(frame);
+        }
+    }
+    if user {
+        crate::hooks::exit_to_user(frame);
+    }
+}
+
+/// An exception the kernel cannot handle: report everything we know and
+/// stop through the kernel's panic path (which exits QEMU with failure).
+fn kernel_exception(frame: &TrapFrame) -> ! {
+    let name = exception_name(frame.vector);
     let mut out = crate::RawWriter(super::console::write_bytes);
     let _ = write!(
         out,

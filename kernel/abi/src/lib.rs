@@ -1,0 +1,226 @@
+//! Samara's system-call ABI, shared by the kernel and user programs.
+//!
+//! # Calling convention
+//!
+//! | arch | instruction | number | arguments | result |
+//! | --- | --- | --- | --- | --- |
+//! | x86_64 | `syscall` | rax | rdi, rsi, rdx, r10, r8, r9 | rax (rcx, r11 clobbered) |
+//! | mips64 | `syscall` | v0 | a0..a5 | v0 |
+//!
+//! A result in `[-4095, -1]` (as `i64`) is `-errno` ([`Errno`]); anything
+//! else is the call's value. Bad pointers and arguments return an error;
+//! they never kill the caller. A task that touches memory it has no right
+//! to (in user mode) is killed with [`status::SEGV`].
+//!
+//! # Calls
+//!
+//! | nr | name | arguments | returns |
+//! | --- | --- | --- | --- |
+//! | 0 | `exit` | code | never: ends the whole process (every thread) with `code & 0xff` |
+//! | 1 | `write` | ptr, len | bytes written to the console (at most [`WRITE_MAX`] per call) |
+//! | 2 | `yield` | | 0 |
+//! | 3 | `mmap` | addr, len, prot ([`prot`]), flags ([`map`]) | the mapping's address |
+//! | 4 | `munmap` | addr, len | 0 |
+//! | 5 | `mprotect` | addr, len, prot | 0 |
+//! | 6 | `brk` | new end (0: query) | the current end |
+//! | 7 | `fork` | | the child's pid in the parent, 0 in the child |
+//! | 8 | `wait` | pid (0: any child), status ptr (0: none) | the reaped child's pid; `*status` = its [`status`] |
+//! | 9 | `thread_create` | entry pc, stack top, a0, a1 | the new thread's id; it starts at `entry(a0, a1)` on the given stack (16-byte aligned top) |
+//! | 10 | `thread_join` | tid | the thread's exit value |
+//! | 11 | `thread_exit` | value | never: ends the calling thread (the last thread ends the process with `value & 0xff`) |
+//! | 12 | `stats` | ptr to [`Stats`], size | 0; fills `min(size, size_of::<Stats>())` bytes |
+//! | 13 | `clock` | | nanoseconds since boot |
+//! | 14 | `getpid` | | the process id |
+//! | 15 | `gettid` | | the thread id |
+#![no_std]
+
+pub const SYS_EXIT: u64 = 0;
+pub const SYS_WRITE: u64 = 1;
+pub const SYS_YIELD: u64 = 2;
+pub const SYS_MMAP: u64 = 3;
+pub const SYS_MUNMAP: u64 = 4;
+pub const SYS_MPROTECT: u64 = 5;
+pub const SYS_BRK: u64 = 6;
+pub const SYS_FORK: u64 = 7;
+pub const SYS_WAIT: u64 = 8;
+pub const SYS_THREAD_CREATE: u64 = 9;
+pub const SYS_THREAD_JOIN: u64 = 10;
+pub const SYS_THREAD_EXIT: u64 = 11;
+pub const SYS_STATS: u64 = 12;
+pub const SYS_CLOCK: u64 = 13;
+pub const SYS_GETPID: u64 = 14;
+pub const SYS_GETTID: u64 = 15;
+/// One more than the highest call number.
+pub const NR_SYSCALLS: u64 = 16;
+
+/// Most bytes one `write` call prints.
+pub const WRITE_MAX: u64 = 4096;
+
+/// Error numbers (Linux's values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i64)]
+pub enum Errno {
+    /// No such process or thread.
+    Srch = 3,
+    /// The call was interrupted because the process is being killed.
+    Intr = 4,
+    /// No child to wait for.
+    Child = 10,
+    /// Out of memory or address space.
+    NoMem = 12,
+    /// A bad user pointer.
+    Fault = 14,
+    /// A mapping exists where `MAP_FIXED_NOREPLACE` wanted none.
+    Exist = 17,
+    /// A malformed argument.
+    Inval = 22,
+    /// Joining oneself, or a thread another thread is joining.
+    Deadlk = 35,
+    /// No such system call.
+    NoSys = 38,
+}
+
+impl Errno {
+    pub const ALL: [Errno; 9] = [
+        Errno::Srch,
+        Errno::Intr,
+        Errno::Child,
+        Errno::NoMem,
+        Errno::Fault,
+        Errno::Exist,
+        Errno::Inval,
+        Errno::Deadlk,
+        Errno::NoSys,
+    ];
+
+    /// The value a system call returns for this error.
+    pub const fn as_return(self) -> u64 {
+        (-(self as i64)) as u64
+    }
+
+    /// The error a system call's return value encodes, if any.
+    pub fn from_return(v: u64) -> Option<Errno> {
+        let n = -(v as i64);
+        Errno::ALL.iter().copied().find(|e| *e as i64 == n)
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Errno::Srch => "ESRCH",
+            Errno::Intr => "EINTR",
+            Errno::Child => "ECHILD",
+            Errno::NoMem => "ENOMEM",
+            Errno::Fault => "EFAULT",
+            Errno::Exist => "EEXIST",
+            Errno::Inval => "EINVAL",
+            Errno::Deadlk => "EDEADLK",
+            Errno::NoSys => "ENOSYS",
+        }
+    }
+}
+
+/// Whether a return value is an error (`[-4095, -1]`).
+pub const fn is_error(v: u64) -> bool {
+    v > (-4096i64) as u64
+}
+
+/// `mmap`/`mprotect` protection bits (Linux's values).
+pub mod prot {
+    pub const NONE: u64 = 0;
+    pub const READ: u64 = 1;
+    pub const WRITE: u64 = 2;
+    pub const EXEC: u64 = 4;
+}
+
+/// `mmap` flags (Linux's values). Every mapping is anonymous; exactly one
+/// of `SHARED` and `PRIVATE` is required.
+pub mod map {
+    pub const SHARED: u64 = 0x01;
+    pub const PRIVATE: u64 = 0x02;
+    pub const FIXED: u64 = 0x10;
+    pub const ANONYMOUS: u64 = 0x20;
+    pub const FIXED_NOREPLACE: u64 = 0x10_0000;
+}
+
+/// Process exit statuses as `wait` reports them: `exit(code)` gives
+/// `code & 0xff`; a process the kernel killed gives 128 + the signal
+/// number a Unix would have sent.
+pub mod status {
+    /// Killed for a bad memory access (SIGSEGV).
+    pub const SEGV: u64 = 128 + 11;
+    /// Killed for an illegal instruction, FPU use or any other exception
+    /// (SIGILL).
+    pub const ILL: u64 = 128 + 4;
+    /// Killed because memory ran out while handling its page fault
+    /// (SIGKILL, as Linux's OOM killer).
+    pub const OOM: u64 = 128 + 9;
+}
+
+/// What `stats` returns. All fields are `u64`, so the layout is the same
+/// on every architecture; new fields are only ever appended.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// `size_of::<Stats>()` of the kernel that filled it.
+    pub size: u64,
+    /// Page faults handled (resolved or not), all CPUs.
+    pub faults: u64,
+    /// Faults handled under a per-VMA lock (Linux's VMA_LOCK_SUCCESS).
+    pub vma_lock_success: u64,
+    /// Per-VMA attempts that fell back to the mmap lock (VMA_LOCK_ABORT).
+    pub vma_lock_abort: u64,
+    /// Faults retried under the mmap lock after a VMA-locked attempt needed
+    /// it (VMA_LOCK_RETRY).
+    pub vma_lock_retry: u64,
+    /// Per-VMA lookups that found no usable VMA (VMA_LOCK_MISS).
+    pub vma_lock_miss: u64,
+    /// Faults handled under the mmap read lock.
+    pub mmap_lock_faults: u64,
+    /// Free frames now.
+    pub frames_free: u64,
+    /// Frames the allocator manages.
+    pub frames_total: u64,
+    /// VMAs allocated and not freed, all address spaces.
+    pub vmas_live: u64,
+    /// RCU grace periods completed since boot.
+    pub rcu_grace_periods: u64,
+    /// CPUs running.
+    pub cpus: u64,
+    /// Whether per-VMA locking is on (1) or off (0).
+    pub per_vma_lock: u64,
+    /// TLB shootdowns that had to interrupt other CPUs.
+    pub remote_flushes: u64,
+    /// Timer ticks, all CPUs.
+    pub ticks: u64,
+    /// Cycle-counter ticks spent in the page-fault handler (entry to
+    /// return), all CPUs, and how many faults that covers.
+    pub fault_cycles: u64,
+    pub fault_cycles_count: u64,
+    /// The cycle counter's frequency (TSC, CP0 Count), Hz.
+    pub cycles_per_second: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_round_trip() {
+        for e in Errno::ALL {
+            let v = e.as_return();
+            assert!(is_error(v), "{e:?}");
+            assert_eq!(Errno::from_return(v), Some(e));
+        }
+        assert!(!is_error(0));
+        assert!(!is_error(0x7fff_ffff_f000));
+        assert!(!is_error((-4096i64) as u64));
+        assert_eq!(Errno::from_return(0), None);
+        assert_eq!(Errno::Fault.as_return(), (-14i64) as u64);
+    }
+
+    #[test]
+    fn stats_layout_is_plain_u64s() {
+        assert_eq!(core::mem::size_of::<Stats>() % 8, 0);
+        assert_eq!(core::mem::align_of::<Stats>(), 8);
+    }
+}

@@ -1,0 +1,123 @@
+//! The operating system around `mm`: memory set-up, CPUs, the scheduler,
+//! processes, system calls, the user-program loader and the workloads.
+//!
+//! Built for architectures whose port implements the task contract
+//! (`cfg(samara_tasks)`, see `arch/src/lib.rs`).
+//!
+//! # Boot
+//!
+//! On the boot CPU, [`start`]: the frame allocator, RCU and shootdown state
+//! ([`mem`]), the heap (usable from then on), the spin hook, this CPU's idle
+//! task and RCU handle, the other CPUs ([`secondary_main`] on each), every
+//! CPU's tick, then the `init` kernel thread that runs the scenario or
+//! workload ([`workload`]); the boot CPU becomes idle.
+//!
+//! # The interrupt rule
+//!
+//! Kernel code runs with interrupts disabled; they are enabled only in user
+//! mode and in the idle loop's halt. So `mm`'s spin locks need not be
+//! interrupt-safe, nothing in the kernel is preempted, and preemption
+//! happens only on a tick that interrupted user mode. RCU quiescent states
+//! are reported on every tick from user mode, on every context switch, in
+//! idle (extended quiescent state around the halt, plus a report at each
+//! wake-up) and on every return to user mode; grace periods therefore
+//! advance on an idle system and under load.
+
+pub mod heap;
+mod hooks;
+mod loader;
+pub mod mem;
+mod process;
+mod sched;
+mod stats;
+mod syscall;
+mod tlb;
+mod umem;
+mod workload;
+
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use boot::options::Options;
+use boot::BootInfo;
+
+pub use workload::Run;
+
+/// This CPU's logical number (0 before the arch sets up per-CPU data).
+#[inline(always)]
+pub fn cpu_id() -> usize {
+    arch::smp::this_cpu()
+}
+
+static PER_VMA_LOCK: AtomicBool = AtomicBool::new(false);
+
+pub fn per_vma_lock() -> bool {
+    PER_VMA_LOCK.load(Ordering::Relaxed)
+}
+
+/// The fault counters (`mm::aspace`'s once it lands).
+pub struct FaultCounts {
+    pub faults: u64,
+    pub success: u64,
+    pub abort: u64,
+    pub retry: u64,
+    pub miss: u64,
+    pub mmap_locked: u64,
+    pub vmas_live: u64,
+}
+
+/// Counts a page fault from user mode on this CPU.
+pub fn count_fault() {
+    sched::this().faults.fetch_add(1, Ordering::Relaxed);
+}
+
+pub fn fault_counts() -> FaultCounts {
+    let faults = (0..arch::smp::cpu_count())
+        .map(|c| sched::cpu(c).faults.load(Ordering::Relaxed))
+        .sum();
+    FaultCounts {
+        faults,
+        success: 0,
+        abort: 0,
+        retry: 0,
+        miss: 0,
+        mmap_locked: 0,
+        vmas_live: 0,
+    }
+}
+
+/// Brings the system up and runs `run` in the `init` kernel thread.
+pub fn start(info: &'static BootInfo, opts: Options, per_vma_lock: bool, run: Run) -> ! {
+    PER_VMA_LOCK.store(per_vma_lock, Ordering::Relaxed);
+    let ncpu = arch::smp::cpu_count();
+    if let Err(e) = mem::init(info, ncpu) {
+        crate::finish(
+            arch::ExitStatus::Failure,
+            format_args!("cannot set up memory: {e}"),
+        );
+    }
+    mm::sync::set_relax_hook(tlb::spin_hook);
+    sched::init_cpu(0);
+    let started = arch::smp::start_secondaries();
+    // Wait until every started CPU has its idle task.
+    while (0..started).any(|c| !sched::cpu(c).online.load(Ordering::Acquire)) {
+        core::hint::spin_loop();
+    }
+    println!(
+        "  cpus:         {started} online; {}",
+        arch::mmu::describe()
+    );
+    arch::timer::start_tick(sched::HZ);
+    workload::start_init(opts, run);
+    sched::idle_loop()
+}
+
+/// A secondary CPU, after its arch set-up.
+pub fn secondary_main(cpu: usize) -> ! {
+    sched::init_cpu(cpu);
+    arch::timer::start_tick(sched::HZ);
+    sched::idle_loop()
+}
+
+/// Returns the caches' empty pages to the frame allocator (`mm::aspace`'s
+/// slabs once it lands; the heap frees its pages eagerly).
+pub fn shrink_caches() {}
