@@ -732,10 +732,8 @@ fn on_return_to_user(_f: &mut TrapFrame) {
 /// Common setup: frames, the ASID/shootdown domain, the trap handlers.
 fn setup(info: &BootInfo) {
     setup_frames(info);
+    // The ASID tables were sized at boot (`mmu::init`).
     let nr_cpus = info.cpu_count.max(1) as usize;
-    if let Err(e) = mmu::init(nr_cpus) {
-        finish(ExitStatus::Failure, format_args!("mmu init: {e}"));
-    }
     SHOOTDOWN.call_once(|| Shootdown::new(nr_cpus));
     mm::sync::set_relax_hook(service);
     trap::set_handlers(Handlers {

@@ -73,6 +73,7 @@ mod mips64 {
         pvl,
         Arch::Mips64,
         true,
+        tasks,
         extra {
             #[test]
             fn mips_user() {
@@ -89,6 +90,7 @@ mod mips64 {
         nopvl,
         Arch::Mips64,
         false,
+        tasks,
         extra {
             #[test]
             fn mips_user() {

@@ -101,19 +101,36 @@ impl Context {
     /// The stack must be at least a few KiB, valid and used by nothing else
     /// for as long as the task exists.
     pub unsafe fn new(stack_top: u64, entry: extern "C" fn(u64) -> !, arg: u64) -> Self {
-        let sp = stack_top - USER_FRAME_RESERVE - SWITCH_FRAME;
+        // SAFETY: the caller's contract; the register block lies below the
+        // reserved user frame.
+        unsafe {
+            Self::with_entry(
+                stack_top - USER_FRAME_RESERVE,
+                samara_mips_task_start as *const () as u64,
+                entry as usize as u64,
+                arg,
+            )
+        }
+    }
+
+    /// A context whose first switch "returns" to `ra` with s0 = `s0`, s1 =
+    /// `s1` and sp = `top` (16-byte aligned): the register block is written
+    /// just below `top`.
+    ///
+    /// # Safety
+    /// `[top - 96, top)` is writable stack memory nothing else uses.
+    pub(crate) unsafe fn with_entry(top: u64, ra: u64, s0: u64, s1: u64) -> Self {
+        debug_assert!(top.is_multiple_of(16));
+        let sp = top - SWITCH_FRAME;
         let regs = sp as *mut u64;
-        // SAFETY: `sp` is inside the caller's stack, 16-byte aligned (all
-        // three terms are multiples of 16), with room for the 12 words of
-        // the register block.
+        // SAFETY: per the function's contract: 12 words below `top`.
         unsafe {
             for i in 0..12 {
                 regs.add(i).write(0);
             }
-            regs.add(0).write(entry as usize as u64); // s0
-            regs.add(1).write(arg); // s1
-            regs.add(10)
-                .write(samara_mips_task_start as *const () as u64); // ra
+            regs.add(0).write(s0);
+            regs.add(1).write(s1);
+            regs.add(10).write(ra);
         }
         Context { sp }
     }

@@ -48,9 +48,11 @@ use mm::cpu::CpuId;
 
 use super::{cp0, tlb};
 
-/// One past the highest user address: xuseg on QEMU's Octeon68XX (42
-/// bits), which `init_cpu` checks every CPU implements.
-pub const USER_VA_END: u64 = <mm::pgtable::Mips64Pte as mm::pgtable::PteFormat>::USER_VA_END;
+/// One past the highest user address the kernel maps: the top page of
+/// xuseg (42 bits on QEMU's Octeon68XX and the page tables' limit, which
+/// `init_cpu` checks every CPU implements) stays unmapped, as on x86_64,
+/// so the layout is the same on both ports.
+pub const USER_VA_END: u64 = <mm::pgtable::Mips64Pte as mm::pgtable::PteFormat>::USER_VA_END - 4096;
 
 /// This CPU's TLB, for `mm::asid`.
 pub struct HwTlb;

@@ -228,3 +228,75 @@ pub fn set_count_hz(hz: u64) {
 pub fn count_hz() -> u64 {
     COUNT_HZ.load(Ordering::Relaxed)
 }
+
+/// Bytes of each secondary CPU's boot stack (its idle loop runs on it).
+#[cfg(samara_tasks)]
+const SECONDARY_STACK: usize = 32 * 1024;
+
+/// Set by each secondary once its arch set-up is done (indexed by logical
+/// number); Release there, Acquire in [`start_secondaries`].
+#[cfg(samara_tasks)]
+static ONLINE: [core::sync::atomic::AtomicBool; MAX_CPUS] =
+    [const { core::sync::atomic::AtomicBool::new(false) }; MAX_CPUS];
+
+/// Releases every other CPU (logical 1..[`cpu_count`]) from its parking
+/// loop onto a fresh stack from the kernel heap: each runs its arch set-up
+/// ([`super::init_cpu`]: vectors, TLB, logical number) and calls
+/// `samara_secondary_main(cpu)`; the tick is the kernel's to start. Returns
+/// how many CPUs run (the boot CPU included); a CPU that does not come up
+/// within a second ends the count there.
+#[cfg(samara_tasks)]
+pub fn start_secondaries() -> usize {
+    use alloc::alloc::{alloc_zeroed, Layout};
+    let n = cpu_count();
+    for (cpu, online) in ONLINE.iter().enumerate().take(n).skip(1) {
+        let layout = Layout::from_size_align(SECONDARY_STACK, 16).expect("a valid layout");
+        // SAFETY: a non-zero-sized layout.
+        let stack = unsafe { alloc_zeroed(layout) };
+        if stack.is_null() {
+            CPU_COUNT.store(cpu, Ordering::Relaxed);
+            return cpu;
+        }
+        let top = stack as u64 + SECONDARY_STACK as u64;
+        // SAFETY: the stack is this CPU's alone, never freed; the entry
+        // never returns.
+        let r = unsafe { start_secondary(phys_of(cpu), secondary_entry, top, cpu as u64) };
+        let deadline = super::timer::cycles() + count_hz();
+        // Acquire pairs with the Release store in `secondary_entry`.
+        while r.is_ok() && !online.load(Ordering::Acquire) {
+            if super::timer::cycles() > deadline {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        if r.is_err() || !online.load(Ordering::Acquire) {
+            crate::write_display(
+                super::console::write_bytes,
+                &format_args!(
+                    "samara: CPU {cpu} (CPUNum {}) did not start; running with {cpu} CPU(s)\n",
+                    phys_of(cpu)
+                ),
+            );
+            CPU_COUNT.store(cpu, Ordering::Relaxed);
+            return cpu;
+        }
+    }
+    n
+}
+
+/// A secondary's first Rust code, on its own stack, `arg` = its logical
+/// number.
+#[cfg(samara_tasks)]
+extern "C" fn secondary_entry(arg: u64, _cpunum: u64) -> ! {
+    if let Err(e) = super::init_cpu() {
+        crate::write_display(
+            super::console::write_bytes,
+            &format_args!("samara: CPU {arg}: {e}; halting it\n"),
+        );
+        super::cpu::halt_forever();
+    }
+    cp0::set_kscratch_cpu(arg);
+    // Release pairs with the Acquire load in `start_secondaries`.
+    ONLINE[arg as usize].store(true, Ordering::Release);
+    crate::hooks::secondary_main(arg as usize)
+}

@@ -18,6 +18,98 @@ pub use super::context::{switch, Context};
 use super::trap::USER_STATUS;
 pub use super::trap::{set_kernel_stack, TrapFrame as UserFrame, USER_FRAME_RESERVE};
 
+#[cfg(samara_tasks)]
+core::arch::global_asm!(
+    r#"
+    .text
+    .set push
+    .set noreorder
+    .set noat
+# A new kernel thread: s0 = entry, s1 = argument.
+    .globl samara_mips_kernel_task_entry
+samara_mips_kernel_task_entry:
+    jal     {task_start}
+    nop
+    jalr    $s0
+    move    $a0, $s1                    # (delay slot)
+1:  b       1b                          # entries never return
+    nop
+
+# A new user task: s0 = its user frame (the top of its kernel stack).
+    .globl samara_mips_user_task_entry
+samara_mips_user_task_entry:
+    jal     {task_start}
+    nop
+    jal     {exit_to_user}
+    move    $a0, $s0                    # (delay slot)
+    j       samara_mips_exception_return
+    move    $sp, $s0                    # (delay slot)
+    .set pop
+"#,
+    task_start = sym task_start,
+    exit_to_user = sym exit_to_user,
+);
+
+#[cfg(samara_tasks)]
+unsafe extern "C" {
+    fn samara_mips_kernel_task_entry();
+    fn samara_mips_user_task_entry();
+}
+
+#[cfg(samara_tasks)]
+extern "C" fn task_start() {
+    crate::hooks::task_start();
+}
+
+#[cfg(samara_tasks)]
+extern "C" fn exit_to_user(frame: &mut UserFrame) {
+    crate::hooks::exit_to_user(frame);
+}
+
+/// Prepares a kernel thread: the first switch to `ctx` runs
+/// `samara_task_start()` and then `entry(arg)` on the stack below
+/// `stack_top`.
+///
+/// # Safety
+/// `stack_top` is the 16-byte-aligned top of a stack owned by the new task.
+#[cfg(samara_tasks)]
+pub unsafe fn init_kernel(
+    ctx: &mut Context,
+    stack_top: u64,
+    entry: extern "C" fn(usize) -> !,
+    arg: usize,
+) {
+    // SAFETY: the caller's contract.
+    *ctx = unsafe {
+        Context::with_entry(
+            stack_top,
+            samara_mips_kernel_task_entry as *const () as u64,
+            entry as usize as u64,
+            arg as u64,
+        )
+    };
+}
+
+/// Prepares a user task: its first run calls `samara_task_start()`, then
+/// `samara_exit_to_user` with a copy of `frame` placed at the top of the
+/// stack (where every later exception from user mode saves it), then enters
+/// user mode with exactly those registers.
+///
+/// # Safety
+/// As for [`init_kernel`]; `frame` must describe user mode
+/// ([`UserFrame::new_user`] or a copy of a saved user frame: Status with
+/// EXL and KSU = user).
+#[cfg(samara_tasks)]
+pub unsafe fn init_user(ctx: &mut Context, stack_top: u64, frame: &UserFrame) {
+    debug_assert!(stack_top.is_multiple_of(16));
+    let at = stack_top - USER_FRAME_RESERVE;
+    // SAFETY: the frame fits below the stack top (the caller's contract).
+    unsafe { (at as *mut UserFrame).write(frame.clone()) };
+    // SAFETY: the register block goes below the frame.
+    *ctx =
+        unsafe { Context::with_entry(at, samara_mips_user_task_entry as *const () as u64, at, 0) };
+}
+
 impl UserFrame {
     /// The frame a new task enters user mode with: `pc`, `sp`, a0 and a1;
     /// every other register zero.

@@ -24,6 +24,14 @@ static STARTED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_
 static TICKS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// Per CPU: Count ticks between timer interrupts.
 static INTERVAL: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(TICK) }; MAX_CPUS];
+/// Per CPU: timer interrupts per kernel tick ([`start_tick`]).
+static DIVISOR: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(1) }; MAX_CPUS];
+
+/// Timer interrupts per second once the kernel's tick runs: the rate at
+/// which a CPU in user mode or idle services cross-CPU requests (TLB
+/// shootdowns wait for it: there are no IPIs). The kernel's own tick
+/// (`samara_tick`) is every `POLL_HZ / hz`-th of them.
+pub const POLL_HZ: u32 = 1000;
 /// Per CPU: the 64-bit extension of Count (see [`cycles`]).
 static EXTENDED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
@@ -31,14 +39,19 @@ fn this_cpu() -> usize {
     cp0::cpu_num() as usize % MAX_CPUS
 }
 
-/// Starts this CPU's tick at the default interval ([`TICK`]).
+/// Starts this CPU's tick at the default interval ([`TICK`]), every
+/// interrupt a kernel tick.
 pub fn start() {
+    DIVISOR[this_cpu()].store(1, Ordering::Relaxed);
     start_interval(TICK);
 }
 
-/// Starts this CPU's tick at `hz` interrupts per second.
+/// Starts this CPU's timer at [`POLL_HZ`] interrupts per second, with a
+/// kernel tick every `POLL_HZ / hz` of them (at least every one).
 pub fn start_tick(hz: u32) {
-    start_interval((smp::count_hz() / u64::from(hz.max(1))).max(1024));
+    let poll = POLL_HZ.max(hz);
+    DIVISOR[this_cpu()].store(u64::from(poll / hz.max(1)), Ordering::Relaxed);
+    start_interval((smp::count_hz() / u64::from(poll)).max(1024));
 }
 
 /// Starts this CPU's tick: arms Compare `interval` Count ticks ahead and
@@ -55,16 +68,17 @@ fn start_interval(interval: u64) {
 }
 
 /// Acknowledges a timer interrupt on this CPU and arms the next one.
-/// Returns `false` if this CPU's tick was never started.
-pub fn ack() -> bool {
+/// Returns `None` if this CPU's timer was never started, else whether this
+/// interrupt is also a kernel tick (see [`start_tick`]).
+pub fn ack() -> Option<bool> {
     let cpu = this_cpu();
     if !STARTED[cpu].load(Ordering::Relaxed) {
-        return false;
+        return None;
     }
     arm(INTERVAL[cpu].load(Ordering::Relaxed));
-    TICKS[cpu].fetch_add(1, Ordering::Relaxed);
+    let n = TICKS[cpu].fetch_add(1, Ordering::Relaxed) + 1;
     cycles();
-    true
+    Some(n.is_multiple_of(DIVISOR[cpu].load(Ordering::Relaxed).max(1)))
 }
 
 /// Sets Compare `interval` ticks ahead of Count, and makes sure it really
@@ -121,7 +135,7 @@ pub fn now_ns() -> u64 {
     (c / hz) * 1_000_000_000 + (c % hz) * 1_000_000_000 / hz
 }
 
-/// Ticks taken on `cpu` so far.
+/// Timer interrupts taken on `cpu` (by EBase.CPUNum) so far.
 pub fn ticks(cpu: usize) -> u64 {
     TICKS[cpu % MAX_CPUS].load(Ordering::Relaxed)
 }

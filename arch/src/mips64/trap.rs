@@ -69,18 +69,22 @@
 //!
 //! # Dispatch ([`samara_mips_trap`])
 //!
+//! To the kernel's entry points (`crate::hooks`, the task contract):
+//!
 //! | exception | from | goes to |
 //! |-----------|------|---------|
-//! | Int: timer (IP7) | user, idle | [`super::timer`] acknowledges it; [`Handlers::tick`] (which services the kernel's cross-CPU requests: there are no IPIs) |
-//! | Sys | user | EPC += 4, [`Handlers::syscall`] |
-//! | TLBL/TLBS/Mod/TLBRI/TLBXI/AdEL/AdES | user | [`Handlers::page_fault`]; if it declines, [`Handlers::user_exception`] |
-//! | TLBL/TLBS/Mod | kernel, on a user address | [`Handlers::page_fault`]; if it declines, the kernel fault report |
-//! | anything else | user | [`Handlers::user_exception`] |
+//! | Int: timer (IP7) | user, idle | [`super::timer`] acknowledges it; `samara_ipi` (there are no IPIs: every timer interrupt services the kernel's cross-CPU requests), and at the kernel's rate `samara_tick` |
+//! | Sys | user | EPC += 4, `samara_syscall` |
+//! | TLBL/TLBS/Mod/TLBRI/TLBXI/AdEL/AdES | user | `samara_user_trap(MemoryFault)`, then the TLB entry is refreshed from the page table ([`super::mmu::refresh`]) |
+//! | anything else | user | `samara_user_trap(Exception)` |
 //! | anything else | kernel | the kernel fault report or a panic |
 //!
-//! Before every return to user mode [`Handlers::return_to_user`] runs.
-//! Until the kernel installs handlers ([`set_handlers`]) every exception but
-//! the timer is fatal, as at boot.
+//! Before every return to user mode `samara_exit_to_user` runs.
+//!
+//! The MIPS-only test scenarios (`kernel/src/mips.rs`) install their own
+//! [`Handlers`] instead ([`set_handlers`]); they also take kernel-mode TLB
+//! faults on user addresses. Without either, every exception but the timer
+//! is fatal, as at boot.
 //!
 //! Known gap: a kernel stack overflow faults again while saving the frame
 //! on the same bad stack, with EXL set, and loops. There is no guard page or
@@ -678,43 +682,93 @@ extern "C" fn samara_mips_trap(frame: &mut TrapFrame) {
     if code == exc::INT {
         interrupt(frame, from_user);
     } else if let Some(h) = HANDLERS.get() {
-        match code {
-            exc::SYS if from_user && frame.cause & cause::BD == 0 => {
-                frame.epc = frame.epc.wrapping_add(4);
-                (h.syscall)(frame);
-            }
-            _ => {
-                let report = decode_fault(frame);
-                match report {
-                    Some(r)
-                        if from_user
-                            || (is_user_addr(r.address)
-                                && code != exc::ADEL
-                                && code != exc::ADES) =>
-                    {
-                        if (h.page_fault)(frame, &r) {
-                            mmu::refresh(r.address);
-                        } else {
-                            if from_user {
-                                (h.user_exception)(frame);
-                            } else {
-                                fatal(frame);
-                            }
-                        }
-                    }
-                    _ if from_user => (h.user_exception)(frame),
-                    _ => fatal(frame),
-                }
-            }
-        }
+        scenario_dispatch(h, frame, code, from_user);
     } else {
-        fatal(frame);
+        kernel_dispatch(frame, code, from_user);
     }
     if from_user {
-        if let Some(h) = HANDLERS.get() {
-            (h.return_to_user)(frame);
+        exit_to_user(frame);
+    }
+}
+
+/// The exception's instruction: EPC, or the delay slot after it (Cause.BD).
+fn faulting_pc(f: &TrapFrame) -> u64 {
+    if f.cause & cause::BD != 0 {
+        f.epc.wrapping_add(4)
+    } else {
+        f.epc
+    }
+}
+
+/// Dispatch to the kernel's entry points (`crate::hooks`). The kernel never
+/// touches user memory through the TLB (its user copies walk the page
+/// table), so every exception from kernel mode is fatal.
+#[cfg(samara_tasks)]
+fn kernel_dispatch(frame: &mut TrapFrame, code: u64, from_user: bool) {
+    if !from_user {
+        fatal(frame);
+    }
+    if code == exc::SYS && frame.cause & cause::BD == 0 {
+        frame.epc = frame.epc.wrapping_add(4);
+        crate::hooks::syscall(frame);
+        return;
+    }
+    match decode_fault(frame) {
+        Some(r) => {
+            crate::hooks::user_trap(frame, &crate::UserTrap::MemoryFault(r));
+            // The access is retried (or the task dies on its way out):
+            // drop the stale copy the fault came from (mmu::refresh).
+            mmu::refresh(r.address);
+        }
+        None => {
+            let trap = crate::UserTrap::Exception {
+                code,
+                name: exc::name(code),
+                pc: faulting_pc(frame),
+            };
+            crate::hooks::user_trap(frame, &trap);
         }
     }
+}
+
+/// Without the task contract there is no kernel to hand user exceptions to.
+#[cfg(not(samara_tasks))]
+fn kernel_dispatch(frame: &mut TrapFrame, _code: u64, _from_user: bool) {
+    fatal(frame);
+}
+
+/// Dispatch to handlers a test scenario installed ([`set_handlers`]).
+fn scenario_dispatch(h: &Handlers, frame: &mut TrapFrame, code: u64, from_user: bool) {
+    if code == exc::SYS && from_user && frame.cause & cause::BD == 0 {
+        frame.epc = frame.epc.wrapping_add(4);
+        (h.syscall)(frame);
+        return;
+    }
+    match decode_fault(frame) {
+        Some(r)
+            if from_user || (is_user_addr(r.address) && code != exc::ADEL && code != exc::ADES) =>
+        {
+            if (h.page_fault)(frame, &r) {
+                mmu::refresh(r.address);
+            } else if from_user {
+                (h.user_exception)(frame);
+            } else {
+                fatal(frame);
+            }
+        }
+        _ if from_user => (h.user_exception)(frame),
+        _ => fatal(frame),
+    }
+}
+
+/// The last thing before returning to user mode.
+fn exit_to_user(frame: &mut TrapFrame) {
+    if let Some(h) = HANDLERS.get() {
+        (h.return_to_user)(frame);
+        return;
+    }
+    #[cfg(samara_tasks)]
+    crate::hooks::exit_to_user(frame);
 }
 
 /// Timer interrupts taken on running CPUs since boot (all CPUs).
@@ -729,11 +783,11 @@ fn interrupt(frame: &mut TrapFrame, from_user: bool) {
     if pending & 0x80 != 0 {
         // Relaxed: a statistic; nothing is published through it.
         TIMER_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
-        if !timer::ack() {
+        let Some(kernel_tick) = timer::ack() else {
             // Not started on this CPU (a stray enable): push it away.
             cp0::set_compare(cp0::count().wrapping_sub(1));
             return;
-        }
+        };
         let from = if from_user {
             TickFrom::User
         } else if cpu::in_idle() {
@@ -744,7 +798,19 @@ fn interrupt(frame: &mut TrapFrame, from_user: bool) {
         };
         if let Some(h) = HANDLERS.get() {
             (h.tick)(frame, from);
+            return;
         }
+        #[cfg(samara_tasks)]
+        {
+            // No IPIs: every timer interrupt is also the "IPI" that makes
+            // this CPU service the kernel's cross-CPU requests.
+            crate::hooks::ipi();
+            if kernel_tick && from != TickFrom::Kernel {
+                crate::hooks::tick(from == TickFrom::User);
+            }
+        }
+        #[cfg(not(samara_tasks))]
+        let _ = kernel_tick;
         return;
     }
     dump(frame);

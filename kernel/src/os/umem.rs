@@ -9,13 +9,20 @@
 //! changes this file, not its callers.
 
 use mm::addr::{Frame, PAGE_SIZE};
-use mm::pgtable::{PageTable, Prot, Pte, TlbGather, X86_64Pte};
+#[cfg(target_arch = "mips64")]
+use mm::pgtable::Mips64Pte;
+#[cfg(target_arch = "x86_64")]
+use mm::pgtable::X86_64Pte;
+use mm::pgtable::{PageTable, Prot, Pte, TlbGather};
 use mm::vma::lock::MmId;
 use samara_abi::Errno;
 
 use super::{mem, tlb};
 
+#[cfg(target_arch = "x86_64")]
 pub type ArchPte = X86_64Pte;
+#[cfg(target_arch = "mips64")]
+pub type ArchPte = Mips64Pte;
 const PAGE: u64 = PAGE_SIZE as u64;
 
 /// First address the kernel maps for user programs (Linux's mmap_min_addr).

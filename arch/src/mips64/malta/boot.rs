@@ -69,6 +69,7 @@ extern "C" fn samara_mips_boot(a0: u64, a1: u64, a2: u64, a3: u64) -> ! {
     }
     smp::count_cpus(CPU_COUNT_STABLE, CPU_COUNT_LIMIT);
     let cpus = smp::number_cpus(0, smp::present_mask()) as u32;
+    init_asids(cpus as usize);
     let kernel = paging::kernel_phys_extent();
     let mem = LowRam {
         limit: ram_limit(a3, kernel.1),
@@ -85,4 +86,13 @@ extern "C" fn samara_mips_boot(a0: u64, a1: u64, a2: u64, a3: u64) -> ! {
         }
     };
     crate::enter_kernel(BOOT_INFO.call_once(|| info))
+}
+
+/// Sizes the ASID tables for the CPUs found (`mmu::init`).
+fn init_asids(cpus: usize) {
+    if let Err(e) = crate::imp::mmu::init(cpus) {
+        arch_println!("\nmips64: cannot set up ASIDs: {e}");
+        arch_println!("samara: result: fail: unsupported MMU");
+        exit::exit_qemu(ExitStatus::Failure);
+    }
 }

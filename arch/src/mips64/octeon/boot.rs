@@ -94,6 +94,16 @@ extern "C" fn samara_mips_boot(a0: u64, a1: u64, a2: u64, a3: u64) -> ! {
         );
     }
     smp::set_count_hz(u64::from(oct.eclock_hz));
-    smp::number_cpus(boot_core, parked);
+    let cpus = smp::number_cpus(boot_core, parked);
+    init_asids(cpus);
     crate::enter_kernel(BOOT_INFO.call_once(|| info))
+}
+
+/// Sizes the ASID tables for the CPUs found (`mmu::init`).
+fn init_asids(cpus: usize) {
+    if let Err(e) = crate::imp::mmu::init(cpus) {
+        arch_println!("\nmips64: cannot set up ASIDs: {e}");
+        arch_println!("samara: result: fail: unsupported MMU");
+        exit::exit_qemu(ExitStatus::Failure);
+    }
 }
