@@ -26,7 +26,7 @@
 //!
 //! Each CPU keeps [`SLOTS`] slots, direct-mapped by a hash of the address
 //! space's number: `mm` (the owner, 0 for none) and `ctx` (its context on
-//! this CPU, 0 for none). A collision evicts the previous owner, which
+//! this CPU, 0 for none, possibly with the [`STALE`] mark). A collision evicts the previous owner, which
 //! simply gets a fresh ASID the next time it runs there (its old entries
 //! are unreachable, as above).
 //!
@@ -34,33 +34,48 @@
 //! |------|------------|
 //! | `asid_cache`, `current` | the owning CPU only |
 //! | `slot.mm` | the owning CPU (at activation) |
-//! | `slot.ctx` | the owning CPU (activation, [`AsidTable::drop_current`]); any CPU ([`AsidTable::invalidate_cached`]: a swap to 0) |
+//! | `slot.ctx` | the owning CPU (CAS in [`AsidTable::activate`], swap in [`AsidTable::drop_current`]); any CPU ([`AsidTable::invalidate_cached`]: `fetch_or(STALE)`, whoever owns the slot) |
 //!
 //! # Ordering: the stale mark
 //!
 //! [`AsidTable::invalidate_cached`] is the mark of `mm::shootdown`'s pair
-//! (S4): an initiator that cleared page-table entries swaps the slot's
-//! context to 0 on every CPU where the slot names the address space (an
-//! AcqRel RMW), before it samples which CPUs have it loaded. Activation
-//! takes the context with an AcqRel swap too, so an activation that finds
-//! the mark also acquires the cleared entries before it can refill from
-//! them, under the fresh ASID it then allocates. A mark that lands between
-//! the activation's swap and its store back is overwritten; that CPU had
-//! already published that it loads the address space (pair (S1) there), so
-//! the initiator's sample finds it and it flushes on request instead. A mark
-//! that hits a slot just given to another address space only costs that one
-//! a fresh ASID.
+//! (S4): an initiator that cleared page-table entries sets [`STALE`] in the
+//! context of the address space's slot on every CPU (an AcqRel `fetch_or`,
+//! whoever owns the slot), before it samples which CPUs have it loaded.
+//! Every write of a context word is an RMW: the owner updates it only with a
+//! compare-and-swap from the value it read ([`AsidTable::activate`]) or a
+//! swap to a fresh context ([`AsidTable::drop_current`]). So a mark is never
+//! overwritten: it either precedes the owner's RMW, which then sees it,
+//! acquires what the initiator cleared, and allocates a fresh ASID; or it
+//! follows, and stays for the next activation — while the CPU, which
+//! published that it loads the address space before its RMW (pair (S1)),
+//! is found by the initiator's sample and flushes on request. A mark on a
+//! slot owned by another address space only costs that one a fresh ASID.
+//! Checking the owner before marking would not be safe: that load may miss
+//! the owner's assignment of the slot (nothing orders it before the
+//! initiator's check), and the loom model `mm/tests/loom_asid.rs` finds a
+//! CPU coming back to its old ASID's entries through exactly that gap, and
+//! through a mark overwritten by a plain store.
 
 use crate::cpu::{CachePadded, CpuId, MAX_CPUS};
-use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{injected, AtomicU64, AtomicUsize, Fault, Ordering};
 
 /// Slots per CPU (direct-mapped by address-space hash).
+#[cfg(not(loom))]
 pub const SLOTS: usize = 64;
+/// Loom models run with a few slots (each is two model objects).
+#[cfg(loom)]
+pub const SLOTS: usize = 4;
 
 /// Widest hardware ASID supported (MIPS: 8 or 10 bits).
 pub const MAX_ASID_BITS: u32 = 16;
 
 const NO_SLOT: usize = usize::MAX;
+
+/// Set in a slot's context by [`AsidTable::invalidate_cached`]: the context
+/// must not be reused. Above every version a run can reach (versions count
+/// up from bit `asid_bits`; 2^46 rollovers of 16-bit ASIDs before this bit).
+pub const STALE: u64 = 1 << 62;
 
 /// The CPU's own TLB, as ASID management needs it.
 pub trait LocalTlb {
@@ -144,7 +159,30 @@ impl Default for AsidTable {
 }
 
 impl AsidTable {
+    /// An unconfigured table (not `const` under loom, whose atomics are not).
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        AsidTable {
+            mask: AtomicU64::new(0),
+            nr_cpus: AtomicUsize::new(0),
+            cpus: core::array::from_fn(|_| {
+                CachePadded(CpuAsids {
+                    asid_cache: AtomicU64::new(0),
+                    current: AtomicUsize::new(NO_SLOT),
+                    slots: core::array::from_fn(|_| Slot {
+                        mm: AtomicU64::new(0),
+                        ctx: AtomicU64::new(0),
+                    }),
+                    rollovers: AtomicU64::new(0),
+                    allocated: AtomicU64::new(0),
+                    reused: AtomicU64::new(0),
+                })
+            }),
+        }
+    }
+
     /// An unconfigured table.
+    #[cfg(not(loom))]
     pub const fn new() -> Self {
         AsidTable {
             mask: AtomicU64::new(0),
@@ -197,8 +235,8 @@ impl AsidTable {
         m
     }
 
-    /// A configured table on the heap (host tests).
-    #[cfg(any(test, feature = "std"))]
+    /// A configured table on the heap (host tests and loom models).
+    #[cfg(any(test, loom, feature = "std"))]
     pub fn boxed(asid_bits: u32, nr_cpus: usize) -> Result<std::boxed::Box<Self>, AsidError> {
         let t = std::boxed::Box::new(Self::new());
         t.configure(asid_bits, nr_cpus)?;
@@ -236,23 +274,46 @@ impl AsidTable {
         let mask = self.mask();
         let i = slot_of(mm);
         let s = &st.slots[i];
-        // (S4) AcqRel: takes a stale mark (a swap to 0 in
-        // `invalidate_cached`) together with what its initiator cleared.
-        let cur = s.ctx.swap(0, Ordering::AcqRel);
-        let cache = st.asid_cache.load(Ordering::Relaxed);
-        let valid = cur != 0 && (cur ^ cache) & !mask == 0;
-        let ctx = if valid && s.mm.load(Ordering::Relaxed) == mm {
-            st.reused.fetch_add(1, Ordering::Relaxed);
-            cur
-        } else {
+        let owned = s.mm.load(Ordering::Relaxed) == mm;
+        if !owned {
+            // Owner-only field.
             s.mm.store(mm, Ordering::Relaxed);
-            self.new_asid(st, tlb)
-        };
-        // Relaxed: the context is used only by this CPU; an invalidator
-        // that reads it reads a value, not data published with it.
-        s.ctx.store(ctx, Ordering::Relaxed);
-        st.current.store(i, Ordering::Relaxed);
-        ctx & mask
+        }
+        let mut fresh = None;
+        let mut cur = s.ctx.load(Ordering::Relaxed);
+        loop {
+            let cache = st.asid_cache.load(Ordering::Relaxed);
+            let keep = owned && cur & STALE == 0 && cur != 0 && (cur ^ cache) & !mask == 0;
+            let ctx = if keep {
+                cur
+            } else {
+                *fresh.get_or_insert_with(|| self.new_asid(st, tlb))
+            };
+            if injected(Fault::AsidStoreOverMark) {
+                // (Mutation only: a plain store can overwrite a mark.)
+                s.ctx.store(ctx, Ordering::Relaxed);
+                st.current.store(i, Ordering::Relaxed);
+                return ctx & mask;
+            }
+            // (S4) AcqRel: the update is an RMW that fails if a stale mark
+            // (`invalidate_cached`'s `fetch_or`) landed since the load, so no
+            // mark is ever overwritten; one that preceded it is taken here,
+            // with what its initiator cleared (Acquire), and answered with a
+            // fresh ASID.
+            match s
+                .ctx
+                .compare_exchange(cur, ctx, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    if keep {
+                        st.reused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    st.current.store(i, Ordering::Relaxed);
+                    return ctx & mask;
+                }
+                Err(now) => cur = now,
+            }
+        }
     }
 
     /// `cpu` (the caller) unloads its address space (runs with ASID 0).
@@ -270,27 +331,34 @@ impl AsidTable {
             return None;
         }
         let ctx = self.new_asid(st, tlb);
-        st.slots[i].ctx.store(ctx, Ordering::Relaxed);
+        // A swap, not a store: an RMW never loses a mark's release half, and
+        // the fresh ASID answers any mark it replaces (nothing was ever
+        // cached under it).
+        st.slots[i].ctx.swap(ctx, Ordering::AcqRel);
         Some(ctx & self.mask())
     }
 
     /// Marks `mm`'s context stale on every CPU (the next activation there
-    /// allocates a fresh ASID). One AcqRel swap per CPU whose slot names
-    /// `mm`; see the module documentation for the pairing.
+    /// allocates a fresh ASID): one AcqRel `fetch_or` of [`STALE`] into the
+    /// context of `mm`'s slot on each CPU, whoever owns that slot now.
+    ///
+    /// Unconditional on purpose: checking the slot's owner first would be a
+    /// load that may miss the owning CPU's assignment of the slot to `mm`
+    /// (nothing orders that store before the check: the initiator
+    /// synchronises with that CPU only at the later sample, pair (S1)), and
+    /// a CPU that assigned the slot, used `mm` and switched away before the
+    /// sample would come back to its old ASID and its stale entries. (The
+    /// loom model `mm/tests/loom_asid.rs` finds exactly that.) The price: an
+    /// address space sharing the slot also gets a fresh ASID next time.
     pub fn invalidate_cached(&self, mm: u64) {
         let i = slot_of(mm);
+        if injected(Fault::AsidSkipMark) {
+            return;
+        }
         for st in self.cpus.iter().take(self.nr_cpus.load(Ordering::Relaxed)) {
-            let s = &st.slots[i];
-            // Relaxed: a stale read of the owner either skips a slot that
-            // was just (re)assigned to `mm` — whose fresh ASID has no old
-            // entries, and whose CPU had published that it loads `mm` — or
-            // marks a slot just given to someone else (a spurious fresh
-            // ASID for it).
-            if s.mm.load(Ordering::Relaxed) == mm {
-                // (S4) AcqRel: releases the cleared entries to the
-                // activation that takes the mark.
-                s.ctx.swap(0, Ordering::AcqRel);
-            }
+            // (S4) AcqRel: releases the cleared entries to the activation
+            // that takes the mark. Every write of this word is an RMW.
+            st.slots[i].ctx.fetch_or(STALE, Ordering::AcqRel);
         }
     }
 

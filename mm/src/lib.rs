@@ -6,9 +6,6 @@
 #![cfg_attr(not(any(test, loom, feature = "std")), no_std)]
 
 pub mod addr;
-// Const-constructed (a static): not built under loom, whose atomics are not
-// `const`; its protocol side is modelled in `shootdown`'s loom tests.
-#[cfg(not(loom))]
 pub mod asid;
 pub mod aspace;
 pub mod cpu;
