@@ -79,7 +79,8 @@
 //! | anything else | user | `samara_user_trap(Exception)` |
 //! | anything else | kernel | the kernel fault report or a panic |
 //!
-//! Before every return to user mode `samara_exit_to_user` runs.
+//! Before every return to user mode `samara_ipi` (a polling point: there
+//! are no IPIs) and `samara_exit_to_user` run.
 //!
 //! The MIPS-only test scenarios (`kernel/src/mips.rs`) install their own
 //! [`Handlers`] instead ([`set_handlers`]); they also take kernel-mode TLB
@@ -761,14 +762,21 @@ fn scenario_dispatch(h: &Handlers, frame: &mut TrapFrame, code: u64, from_user: 
     }
 }
 
-/// The last thing before returning to user mode.
+/// The last thing before returning to user mode. With no IPIs, every
+/// return to user mode is also a polling point for the kernel's cross-CPU
+/// requests (`samara_ipi`: one load when none is pending), so a CPU whose
+/// task faults or calls the kernel often answers a shootdown at once
+/// instead of at its next tick.
 fn exit_to_user(frame: &mut TrapFrame) {
     if let Some(h) = HANDLERS.get() {
         (h.return_to_user)(frame);
         return;
     }
     #[cfg(samara_tasks)]
-    crate::hooks::exit_to_user(frame);
+    {
+        crate::hooks::ipi();
+        crate::hooks::exit_to_user(frame);
+    }
 }
 
 /// Timer interrupts taken on running CPUs since boot (all CPUs).
