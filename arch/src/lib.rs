@@ -71,9 +71,22 @@
 //! | `mmu::activate_kernel()` | switch to the kernel-only translation (no user half loaded) |
 //! | `mmu::flush_local(start: u64, end: u64)` | invalidate this CPU's translations of `[start, end)` in the currently loaded address space |
 //! | `mmu::flush_local_all()` | invalidate all of this CPU's translations of the currently loaded address space |
-//! | `mmu::invalidate_cached(mm: u64)` | on every CPU, forget translations of `mm` kept under a tag that is not loaded (x86 PCIDs, MIPS ASIDs), so that the next `activate` of `mm` there flushes; a sequentially consistent store per tag (see the kernel's `tlb` module for the pairing) |
+//! | `mmu::invalidate_cached(mm: u64)` | on every CPU, mark the translations of `mm` kept under a tag that is not loaded (x86 PCIDs, MIPS ASIDs) stale, so that the next `activate` of `mm` there flushes them; each mark is an AcqRel read-modify-write (a swap), and `activate` takes it with one — pair (S4) of `mm::shootdown`, whose loom model fails otherwise |
 //! | `mmu::kick(cpus: u64)` | make the CPUs in the mask run `samara_ipi` soon: an IPI on x86_64; on a port without IPIs a no-op (they poll from the tick, idle and spin loops) |
 //! | `mmu::describe() -> impl Display` | the MMU features in use, for the banner (PCID, x2APIC, TLB size, ...) |
+//!
+//! # TLB shootdown: what the port provides
+//!
+//! The protocol is arch-neutral (`mm::shootdown`, driven by the kernel's
+//! `os::tlb`): before a CPU activates an address space the kernel records it
+//! as loaded there; an initiator marks stale tags (`invalidate_cached`),
+//! samples which CPUs have the address space loaded, posts each a request,
+//! `kick`s them and waits, answering requests itself meanwhile. A target
+//! answers from `samara_ipi`, from `samara_tick`, from the idle loop and
+//! from every kernel spin loop; for a request it calls back into the port
+//! with `flush_local`/`flush_local_all` (the address space is loaded) or
+//! `activate_kernel` (it held it only lazily). A port without IPIs leaves
+//! `kick` empty: its CPUs answer within a tick.
 //!
 //! # Kernel entry points the port calls
 //!

@@ -280,6 +280,128 @@ pub fn scenario_user(arch: Arch, per_vma_lock: bool) {
     ));
 }
 
+/// The `key=value` fields of the kernel's workload summary line.
+fn summary(r: &ScenarioRun) -> std::collections::BTreeMap<String, String> {
+    let f = xtask::summary::fields(&r.log_text, xtask::summary::PREFIX);
+    r.require(f.is_some(), "the kernel printed no `samara: summary:` line");
+    f.unwrap_or_default()
+}
+
+fn num(r: &ScenarioRun, f: &std::collections::BTreeMap<String, String>, key: &str) -> u64 {
+    let v = f.get(key).and_then(|v| v.parse::<u64>().ok());
+    r.require(
+        v.is_some(),
+        &format!("summary field `{key}` missing or not a number"),
+    );
+    v.unwrap_or_default()
+}
+
+/// Runs `workload=NAME` with at least 4 CPUs and checks what every workload
+/// must show: success, exit status 0, the free-frame count back at its
+/// value before the workload, no VMA left, grace periods completed.
+pub fn run_workload(
+    arch: Arch,
+    per_vma_lock: bool,
+    name: &str,
+    extra: &str,
+) -> (ScenarioRun, std::collections::BTreeMap<String, String>) {
+    let n = smp_cpus();
+    let args = format!("workload={name} {extra}");
+    let r = run_smp(arch, per_vma_lock, name, args.trim_end(), Some(n));
+    r.require_outcome(Outcome::Pass);
+    let f = summary(&r);
+    r.require(
+        f.get("workload").map(String::as_str) == Some(name),
+        "summary names the workload",
+    );
+    r.require(
+        f.get("status").map(String::as_str) == Some("0"),
+        "the program exited with 0",
+    );
+    r.require(
+        f.get("checks").map(String::as_str) == Some("pass"),
+        "the kernel's checks passed",
+    );
+    r.require(
+        f.get("per_vma_lock").map(String::as_str) == Some(if per_vma_lock { "on" } else { "off" }),
+        "per-VMA locking as configured",
+    );
+    let (before, after) = (
+        num(&r, &f, "frames_free_before"),
+        num(&r, &f, "frames_free_after"),
+    );
+    r.require(
+        before == after,
+        &format!("frames free {before} before, {after} after"),
+    );
+    r.require(
+        num(&r, &f, "vmas_live") == 0,
+        "no VMA left after the workload",
+    );
+    r.require(
+        num(&r, &f, "rcu_grace_periods") > 0,
+        "RCU grace periods completed",
+    );
+    r.require(num(&r, &f, "cpus") == u64::from(n), "every CPU online");
+    (r, f)
+}
+
+/// `workload=faultstorm`: faults resolved (per-VMA locked when on, under
+/// the mmap lock when off), TLB shootdowns across CPUs, nothing leaked.
+pub fn scenario_faultstorm(arch: Arch, per_vma_lock: bool) {
+    let (r, f) = run_workload(arch, per_vma_lock, "faultstorm", "pages=256 rounds=4");
+    let faults = num(&r, &f, "faults");
+    let n = u64::from(smp_cpus());
+    r.require(
+        faults >= n * 256 * 4,
+        &format!("{faults} faults for {n} x 256 pages x 4 rounds"),
+    );
+    let success = num(&r, &f, "vma_lock_success");
+    let locked = num(&r, &f, "mmap_locked_faults");
+    if per_vma_lock {
+        r.require(success > 0, "per-VMA locking handled faults");
+    } else {
+        r.require(
+            success == 0,
+            "no per-VMA locked fault with per-VMA locking off",
+        );
+        r.require(locked >= faults / 2, "faults went under the mmap lock");
+    }
+    r.require(
+        num(&r, &f, "remote_flushes") > 0,
+        "munmap shot down other CPUs' TLBs",
+    );
+    r.require_line("faultstorm: threads=");
+    r.require_line(" faults/s; ");
+}
+
+/// `workload=forkbomb-lite`: fork, copy-on-write, munmap, exit, in a loop.
+pub fn scenario_forkbomb(arch: Arch, per_vma_lock: bool) {
+    let (r, _) = run_workload(arch, per_vma_lock, "forkbomb-lite", "");
+    r.require_line("forkbomb: 48 processes forked, all exited cleanly");
+}
+
+/// `workload=segv`: the kernel kills each faulting program with a clear
+/// line and keeps going.
+pub fn scenario_segv(arch: Arch, per_vma_lock: bool) {
+    let (r, _) = run_workload(arch, per_vma_lock, "segv", "");
+    r.require_line("killed: segfault at 0x1000 (read), pc=0x");
+    r.require_line("killed: segfault at 0x");
+    r.require_line(" (write), pc=0x");
+    r.require_line(" (exec), pc=0x");
+    let kills = r.log_text.matches(") killed: segfault at ").count();
+    r.require(kills == 4, &format!("{kills} kill lines, expected 4"));
+    for what in [
+        "read of an unmapped address",
+        "write to a read-only page",
+        "execution of a data page",
+        "fault with a sibling thread running",
+    ] {
+        r.require_line(&format!("segv: {what}: child killed with SEGV as expected"));
+    }
+    r.require_line("segv: all checks passed");
+}
+
 /// `test=mips-user` (MIPS64): user mode, syscalls, refills, the two
 /// expected faults, and ASID isolation across generation rollovers.
 pub fn scenario_mips_user(per_vma_lock: bool) {

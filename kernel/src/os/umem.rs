@@ -19,6 +19,7 @@ use samara_abi::Errno;
 
 use super::{mem, tlb};
 
+/// The page-table format the MMU reads.
 #[cfg(target_arch = "x86_64")]
 pub type ArchPte = X86_64Pte;
 #[cfg(target_arch = "mips64")]
