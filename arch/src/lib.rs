@@ -55,6 +55,7 @@
 //! | `smp::cpu_count() -> usize` | CPUs the platform has and the port can start (at most 64), the boot CPU included |
 //! | `smp::start_secondaries() -> usize` | start every other CPU; each runs its arch setup (traps, per-CPU data, MMU, timer calibration values from the boot CPU, but **not** its tick) and calls `samara_secondary_main(cpu)`; returns how many started. Called once by the boot CPU, after the kernel's global allocator works (the port may `Box` per-CPU data) |
 //! | `irq::wait_for_interrupt()` | enable interrupts, halt until one arrives, disable them again; enabling and halting must be atomic with respect to delivery (x86 `sti; hlt`), so a wake-up sent after the caller's last check is never lost |
+//! | `irq::relax()` | what a CPU spinning in the kernel does between two polls of its requests (the kernel's relax hook calls it): nothing on x86_64; on QEMU's Malta, whose MIPS vCPUs run round-robin on one host thread, give the host to the other vCPUs until the next tick (the CPU spun on cannot move meanwhile anyway) |
 //! | `timer::start_tick(hz: u32)` | start this CPU's periodic tick at `hz`; each tick calls `samara_tick` |
 //! | `timer::now_ns() -> u64` | nanoseconds since boot, monotonic, comparable across CPUs |
 //! | `timer::cycles() -> u64` | the raw cycle counter (TSC, CP0 Count), for measurements |
@@ -334,6 +335,7 @@ const _: () = {
     let _: fn() -> usize = imp::smp::cpu_count;
     let _: fn() -> usize = imp::smp::start_secondaries;
     let _: fn() = imp::irq::wait_for_interrupt;
+    let _: fn() = imp::irq::relax;
     let _: fn(u32) = imp::timer::start_tick;
     let _: fn() -> u64 = imp::timer::now_ns;
     let _: fn() -> u64 = imp::timer::cycles;

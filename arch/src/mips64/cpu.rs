@@ -204,6 +204,41 @@ unsafe extern "C" {
     static samara_mips_idle_wait: u8;
 }
 
+/// How soon a CPU in [`relax_wait`] looks again: every 50 us.
+const RELAX_WAKE_PER_SECOND: u64 = 20_000;
+
+/// Per CPU: inside [`relax_wait`] (read by the timer interrupt).
+static RELAX: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// Whether this CPU is inside [`relax_wait`].
+pub fn in_relax() -> bool {
+    RELAX[cp0::cpu_num() as usize % MAX_CPUS].load(Ordering::Relaxed)
+}
+
+/// Waits for the next timer interrupt from inside a kernel spin loop,
+/// yielding the emulator meanwhile (see `board::YIELD_WHEN_SPINNING`):
+/// interrupts are enabled around the `wait`, but the interrupt handler,
+/// seeing [`in_relax`], only acknowledges the timer — it runs no kernel
+/// code, so whatever the spinning code holds is never re-entered, and the
+/// kernel's interrupt rule holds for everything but that handler. A no-op
+/// until this CPU's timer runs (nothing would end the `wait`).
+pub fn relax_wait() {
+    if !super::timer::started() {
+        return;
+    }
+    // Wake up soon rather than at the next tick: handoffs between vCPUs
+    // (a lock released, a request answered) are then not rounded up to a
+    // whole tick, which lets a lock's waiters starve behind a busy writer.
+    super::timer::wake_within(super::smp::count_hz() / RELAX_WAKE_PER_SECOND);
+    let cpu = cp0::cpu_num() as usize % MAX_CPUS;
+    // Relaxed: read by this CPU's own interrupt handler only.
+    RELAX[cpu].store(true, Ordering::Relaxed);
+    // SAFETY: interrupts on for the `wait` only; the handler does nothing
+    // but acknowledge the timer while RELAX is set (see above).
+    unsafe { samara_mips_idle() };
+    RELAX[cpu].store(false, Ordering::Relaxed);
+}
+
 /// Called by the interrupt handler for an interrupt taken in idle: if it
 /// interrupted [`idle_wait`] just before its `wait`, resume after it.
 pub fn skip_wait(epc: &mut u64) {

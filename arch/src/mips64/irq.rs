@@ -8,3 +8,12 @@
 pub fn wait_for_interrupt() {
     super::cpu::idle_wait();
 }
+
+/// What a CPU spinning in the kernel does between two polls: on QEMU's
+/// Malta, yield the emulator ([`super::cpu::relax_wait`]); on Octeon boards,
+/// whose cores really run in parallel, nothing.
+pub fn relax() {
+    if super::board::YIELD_WHEN_SPINNING {
+        super::cpu::relax_wait();
+    }
+}

@@ -67,6 +67,22 @@ fn start_interval(interval: u64) {
     unsafe { cp0::set_status(cp0::status() | status::IM7) };
 }
 
+/// Brings this CPU's next timer interrupt forward to at most `ticks` Count
+/// ticks from now (the interrupt's acknowledgement re-arms the normal
+/// interval). For [`super::cpu::relax_wait`].
+pub fn wake_within(ticks: u64) {
+    let now = cp0::count();
+    let ahead = (cp0::compare().wrapping_sub(now) as u32) as i32;
+    if ahead <= 0 || ahead as u64 > ticks {
+        arm(ticks.max(64));
+    }
+}
+
+/// Whether this CPU's timer runs.
+pub fn started() -> bool {
+    STARTED[this_cpu()].load(Ordering::Relaxed)
+}
+
 /// Acknowledges a timer interrupt on this CPU and arms the next one.
 /// Returns `None` if this CPU's timer was never started, else whether this
 /// interrupt is also a kernel tick (see [`start_tick`]).

@@ -796,6 +796,12 @@ fn interrupt(frame: &mut TrapFrame, from_user: bool) {
             cp0::set_compare(cp0::count().wrapping_sub(1));
             return;
         };
+        if !from_user && cpu::in_relax() {
+            // A kernel spin loop yielding the emulator (`cpu::relax_wait`):
+            // acknowledged above; nothing else may run here.
+            cpu::skip_wait(&mut frame.epc);
+            return;
+        }
         let from = if from_user {
             TickFrom::User
         } else if cpu::in_idle() {

@@ -82,7 +82,7 @@ fn map_program(
         mm.map_fixed(cpu, start, end - start, prot_of(s))
             .map_err(LoadError::Mem)?;
         let bytes = &image[s.offset as usize..(s.offset + s.filesz) as usize];
-        mm.copy_to_user_any(cpu, s.vaddr, bytes)
+        mm.load(cpu, s.vaddr, (start, end), bytes, prot_of(s))
             .map_err(LoadError::Mem)?;
     }
     mm.set_brk_base(prog.end()).map_err(LoadError::Mem)?;

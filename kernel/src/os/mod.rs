@@ -54,7 +54,8 @@ pub fn per_vma_lock() -> bool {
     PER_VMA_LOCK.load(Ordering::Relaxed)
 }
 
-/// The fault counters (`mm::aspace`'s once it lands).
+/// The fault counters (`mm::aspace`'s `VMA_LOCK_*` events, and the faults
+/// this kernel took from user mode).
 pub struct FaultCounts {
     pub faults: u64,
     pub success: u64,
@@ -74,14 +75,16 @@ pub fn fault_counts() -> FaultCounts {
     let faults = (0..arch::smp::cpu_count())
         .map(|c| sched::cpu(c).faults.load(Ordering::Relaxed))
         .sum();
+    let ctx = umem::context();
+    let c = ctx.fault_counts();
     FaultCounts {
         faults,
-        success: 0,
-        abort: 0,
-        retry: 0,
-        miss: 0,
-        mmap_locked: 0,
-        vmas_live: 0,
+        success: c.success,
+        abort: c.abort,
+        retry: c.retry,
+        miss: c.miss,
+        mmap_locked: c.mmap_locked,
+        vmas_live: ctx.vmas_live(),
     }
 }
 
@@ -93,6 +96,12 @@ pub fn start(info: &'static BootInfo, opts: Options, per_vma_lock: bool, run: Ru
         crate::finish(
             arch::ExitStatus::Failure,
             format_args!("cannot set up memory: {e}"),
+        );
+    }
+    if let Err(e) = umem::init(per_vma_lock) {
+        crate::finish(
+            arch::ExitStatus::Failure,
+            format_args!("cannot set up address spaces: {e:?}"),
         );
     }
     mm::sync::set_relax_hook(tlb::spin_hook);
@@ -118,6 +127,8 @@ pub fn secondary_main(cpu: usize) -> ! {
     sched::idle_loop()
 }
 
-/// Returns the caches' empty pages to the frame allocator (`mm::aspace`'s
-/// slabs once it lands; the heap frees its pages eagerly).
-pub fn shrink_caches() {}
+/// Returns the address-space caches' empty pages to the frame allocator
+/// (the heap frees its pages eagerly).
+pub fn shrink_caches() {
+    umem::context().shrink(cpu_id());
+}

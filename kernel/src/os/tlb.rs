@@ -64,9 +64,11 @@ pub fn service() {
     }
 }
 
-/// The spin hook `mm` calls in every spin loop.
+/// The spin hook `mm` calls in every spin loop: answer requests, then let
+/// the arch relax (`arch::irq::relax`).
 pub fn spin_hook() {
     service();
+    arch::irq::relax();
 }
 
 /// Leaves any user address space on this CPU (before the current task's

@@ -1,21 +1,22 @@
-//! A process's user memory, as the kernel sees it.
+//! A process's user memory, as the kernel sees it: an `mm::aspace`
+//! address space (VMAs in a maple tree readable under RCU, the fault path
+//! under per-VMA locks with the mmap-lock fallback, copy-on-write fork,
+//! user copies through the page table) over the system's [`MmContext`].
 //!
-//! TEMPORARY: until `mm::aspace` (the address-space layer with VMAs, being
-//! built on `main`) lands, this is a page table and nothing more: the
-//! loader maps the program and its stack eagerly, `copy_{from,to}_user`
-//! walk the table, and every page fault is a segmentation fault because
-//! there are no VMAs to resolve it against. The memory system calls answer
-//! `ENOSYS`. The methods mirror `AddressSpace`'s so that switching over
-//! changes this file, not its callers.
+//! This file adapts `AddressSpace` to the kernel's types: the ABI's error
+//! numbers and flags, the loader's eager mappings, and one exclusive-use
+//! point, [`UserMm::exit`].
 
-use mm::addr::{Frame, PAGE_SIZE};
+use core::cell::UnsafeCell;
+
+use mm::aspace::{self, AddressSpace, MapFlags, MmContext, UserLayout};
 #[cfg(target_arch = "mips64")]
 use mm::pgtable::Mips64Pte;
+use mm::pgtable::Prot;
 #[cfg(target_arch = "x86_64")]
 use mm::pgtable::X86_64Pte;
-use mm::pgtable::{PageTable, Prot, Pte, TlbGather};
-use mm::vma::lock::MmId;
 use samara_abi::Errno;
+use spin::Once;
 
 use super::{mem, tlb};
 
@@ -24,7 +25,6 @@ use super::{mem, tlb};
 pub type ArchPte = X86_64Pte;
 #[cfg(target_arch = "mips64")]
 pub type ArchPte = Mips64Pte;
-const PAGE: u64 = PAGE_SIZE as u64;
 
 /// First address the kernel maps for user programs (Linux's mmap_min_addr).
 pub const MIN_ADDR: u64 = 0x10000;
@@ -42,43 +42,98 @@ pub enum Access {
 pub enum FaultError {
     /// No mapping, or one that forbids the access.
     Segv,
-    /// Constructed by `mm::aspace`'s fault path once it lands.
-    #[allow(dead_code)]
     OutOfMemory,
+}
+
+static CONTEXT: Once<MmContext<'static, ArchPte>> = Once::new();
+
+/// The user layout: `mm`'s default for the page-table format, checked
+/// against what the arch layer maps (the loader puts the stack right below
+/// `arch::mmu::USER_VA_END`).
+fn layout() -> UserLayout {
+    let l = UserLayout::for_format::<ArchPte>();
+    debug_assert_eq!(l.va_end, arch::mmu::USER_VA_END);
+    debug_assert_eq!(l.min_addr, MIN_ADDR);
+    l
+}
+
+/// Builds the address-space context (slab caches, counters) over the frame
+/// allocator, RCU and the kernel's TLB flush. Boot CPU, once, after
+/// `mem::init`.
+pub fn init(per_vma_lock: bool) -> Result<(), mm::slab::SlabError> {
+    // SAFETY: the context lives in a static and is never dropped, so every
+    // RCU callback it queues runs while it exists.
+    let ctx = unsafe { MmContext::new(mem::fa(), mem::rcu(), &tlb::FLUSH, layout()) }?;
+    let ctx = CONTEXT.call_once(|| ctx);
+    ctx.set_per_vma_lock(per_vma_lock);
+    Ok(())
+}
+
+/// The address-space context. Panics before [`init`].
+pub fn context() -> &'static MmContext<'static, ArchPte> {
+    CONTEXT.get().expect("user memory used before umem::init")
+}
+
+fn errno(e: aspace::Errno) -> Errno {
+    match e {
+        aspace::Errno::NoMem => Errno::NoMem,
+        aspace::Errno::Fault => Errno::Fault,
+        aspace::Errno::Exist => Errno::Exist,
+        aspace::Errno::Inval => Errno::Inval,
+    }
+}
+
+/// `PROT_*` bits (the ABI's, which are Linux's, as `mm::aspace` takes
+/// them) of a page protection.
+fn prot_bits(p: Prot) -> u32 {
+    let mut b = 0;
+    if p.contains(Prot::READ) {
+        b |= samara_abi::prot::READ;
+    }
+    if p.contains(Prot::WRITE) {
+        b |= samara_abi::prot::WRITE;
+    }
+    if p.contains(Prot::EXEC) {
+        b |= samara_abi::prot::EXEC;
+    }
+    b as u32
 }
 
 pub struct UserMm {
     /// `None` after `exit`. Written only by `exit`, whose contract excludes
     /// every other use.
-    pt: core::cell::UnsafeCell<Option<PageTable<'static, ArchPte>>>,
+    asp: UnsafeCell<Option<AddressSpace<'static, ArchPte>>>,
     id: u64,
 }
 
-// SAFETY: the page table is shared by the process's threads (its own
+// SAFETY: the address space is shared by the process's threads (its own
 // operations are thread-safe); the cell is written only by `exit`, which
 // requires exclusive use.
 unsafe impl Sync for UserMm {}
 // SAFETY: as above.
 unsafe impl Send for UserMm {}
 
-static NEXT_ID: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
-
 impl UserMm {
-    pub fn new(cpu: usize) -> Result<UserMm, Errno> {
-        let pt = PageTable::<ArchPte>::with_limit(mem::fa(), cpu, arch::mmu::USER_VA_END + PAGE)
-            .map_err(|_| Errno::NoMem)?;
+    fn wrap(asp: AddressSpace<'static, ArchPte>) -> UserMm {
         // SAFETY: a fresh, zeroed root nobody uses yet.
-        unsafe { arch::mmu::init_user_root(pt.root_phys().as_u64()) };
-        Ok(UserMm {
-            pt: core::cell::UnsafeCell::new(Some(pt)),
-            id: NEXT_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
-        })
+        unsafe { arch::mmu::init_user_root(asp.page_table().root_phys().as_u64()) };
+        let id = asp.id().raw();
+        UserMm {
+            asp: UnsafeCell::new(Some(asp)),
+            id,
+        }
     }
 
-    fn pt(&self) -> &PageTable<'static, ArchPte> {
+    pub fn new(cpu: usize) -> Result<UserMm, Errno> {
+        AddressSpace::new(context(), cpu)
+            .map(Self::wrap)
+            .map_err(errno)
+    }
+
+    fn asp(&self) -> &AddressSpace<'static, ArchPte> {
         // SAFETY: only `exit` writes the cell, and its contract rules out
         // any use of `self` during or after it.
-        unsafe { (*self.pt.get()).as_ref() }.expect("user memory used after exit")
+        unsafe { (*self.asp.get()).as_ref() }.expect("user memory used after exit")
     }
 
     /// The identity the TLB code tags this address space with.
@@ -87,152 +142,134 @@ impl UserMm {
     }
 
     pub fn root_phys(&self) -> u64 {
-        self.pt().root_phys().as_u64()
+        self.asp().page_table().root_phys().as_u64()
     }
 
     pub fn root_entry(&self) -> u64 {
-        self.pt().root_entry()
+        self.asp().page_table().root_entry()
     }
 
-    /// Maps fresh zeroed pages over `[addr, addr + len)` with `prot` (for
-    /// the loader and the initial stack).
+    /// Maps `[addr, addr + len)` as private anonymous memory with `prot`
+    /// (for the loader and the initial stack). Pages are faulted in on
+    /// first touch, by the loader's copy or by the program.
     pub fn map_fixed(&self, cpu: usize, addr: u64, len: u64, prot: Prot) -> Result<(), Errno> {
-        let fa = mem::fa();
-        let mut va = addr;
-        while va < addr + len {
-            let f = fa.alloc_zeroed(cpu, 0).map_err(|_| Errno::NoMem)?;
-            if let Err(_e) = self
-                .pt()
-                .install_leaf(va, Pte::leaf(f, prot | Prot::USER), cpu)
-            {
-                // SAFETY: `f` was never mapped.
-                unsafe { fa.free(cpu, f, 0) };
-                return Err(Errno::Inval);
-            }
-            va += PAGE;
-        }
-        Ok(())
+        self.asp()
+            .mmap(
+                cpu,
+                addr,
+                len,
+                prot_bits(prot),
+                MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::FIXED_NOREPLACE,
+            )
+            .map(|_| ())
+            .map_err(errno)
     }
 
-    /// Copies between kernel memory and `[addr, addr + len)` of this address
-    /// space through the physmap, page by page. `EFAULT` if any page is not
-    /// mapped or (for writes) not writable, or the range leaves user space.
-    fn copy(
+    pub fn copy_from_user(&self, cpu: usize, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        self.asp().copy_from_user(cpu, addr, buf).map_err(errno)
+    }
+
+    pub fn copy_to_user(&self, cpu: usize, addr: u64, buf: &[u8]) -> Result<(), Errno> {
+        self.asp().copy_to_user(cpu, addr, buf).map_err(errno)
+    }
+
+    /// The loader's copy into a segment mapped with `prot`: the range is
+    /// made writable for the copy, then given `prot` back (the program never
+    /// runs meanwhile: it has no thread yet).
+    pub fn load(
         &self,
+        cpu: usize,
         addr: u64,
-        len: usize,
-        write: bool,
-        mut f: impl FnMut(*mut u8, usize, usize),
+        span: (u64, u64),
+        bytes: &[u8],
+        prot: Prot,
     ) -> Result<(), Errno> {
-        let end = addr.checked_add(len as u64).ok_or(Errno::Fault)?;
-        if end > arch::mmu::USER_VA_END {
-            return Err(Errno::Fault);
+        let (start, end) = span;
+        let a = self.asp();
+        if !prot.contains(Prot::WRITE) {
+            a.mprotect(cpu, start, end - start, prot_bits(prot | Prot::WRITE))
+                .map_err(errno)?;
         }
-        let fa = mem::fa();
-        let mut va = addr;
-        let mut done = 0;
-        while va < end {
-            let pte = self.pt().lookup(va & !(PAGE - 1));
-            let frame: Frame = pte.frame().ok_or(Errno::Fault)?;
-            let prot = pte.prot();
-            if !prot.contains(Prot::USER | Prot::READ) || (write && !prot.contains(Prot::WRITE)) {
-                return Err(Errno::Fault);
-            }
-            let off = (va % PAGE) as usize;
-            let n = (PAGE as usize - off).min((end - va) as usize);
-            let p = fa.frame_ptr(frame).ok_or(Errno::Fault)?.as_ptr();
-            // SAFETY: `off < PAGE`, inside the frame.
-            f(unsafe { p.add(off) }, done, n);
-            va += n as u64;
-            done += n;
+        a.copy_to_user(cpu, addr, bytes).map_err(errno)?;
+        if !prot.contains(Prot::WRITE) {
+            a.mprotect(cpu, start, end - start, prot_bits(prot))
+                .map_err(errno)?;
         }
         Ok(())
     }
 
-    pub fn copy_from_user(&self, _cpu: usize, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        let dst = buf.as_mut_ptr();
-        self.copy(addr, buf.len(), false, |src, at, n| {
-            // SAFETY: `src` points at `n` bytes of a mapped user frame in the
-            // physmap; `dst + at .. + n` is inside `buf`.
-            unsafe { core::ptr::copy_nonoverlapping(src, dst.add(at), n) }
-        })
+    pub fn handle_fault(&self, cpu: usize, addr: u64, access: Access) -> Result<(), FaultError> {
+        let access = match access {
+            Access::Read => aspace::Access::Read,
+            Access::Write => aspace::Access::Write,
+            Access::Exec => aspace::Access::Exec,
+        };
+        self.asp()
+            .handle_fault(cpu, addr, access)
+            .map_err(|e| match e {
+                aspace::FaultError::Segv { .. } => FaultError::Segv,
+                aspace::FaultError::OutOfMemory => FaultError::OutOfMemory,
+            })
     }
 
-    pub fn copy_to_user(&self, _cpu: usize, addr: u64, buf: &[u8]) -> Result<(), Errno> {
-        let src = buf.as_ptr();
-        self.copy(addr, buf.len(), true, |dst, at, n| {
-            // SAFETY: as in `copy_from_user`, the other way round.
-            unsafe { core::ptr::copy_nonoverlapping(src.add(at), dst, n) }
-        })
+    pub fn mmap(
+        &self,
+        cpu: usize,
+        addr: u64,
+        len: u64,
+        prot: u64,
+        flags: u64,
+    ) -> Result<u64, Errno> {
+        let prot = u32::try_from(prot).map_err(|_| Errno::Inval)?;
+        let flags = u32::try_from(flags)
+            .ok()
+            .and_then(MapFlags::from_bits)
+            .ok_or(Errno::Inval)?;
+        self.asp().mmap(cpu, addr, len, prot, flags).map_err(errno)
     }
 
-    /// The loader's copy into the program's pages, whatever their
-    /// protection (it writes through the physmap; user mode never sees the
-    /// pages writable).
-    pub fn copy_to_user_any(&self, _cpu: usize, addr: u64, buf: &[u8]) -> Result<(), Errno> {
-        let src = buf.as_ptr();
-        self.copy(addr, buf.len(), false, |dst, at, n| {
-            // SAFETY: as in `copy_to_user`.
-            unsafe { core::ptr::copy_nonoverlapping(src.add(at), dst, n) }
-        })
+    pub fn munmap(&self, cpu: usize, addr: u64, len: u64) -> Result<(), Errno> {
+        self.asp().munmap(cpu, addr, len).map_err(errno)
     }
 
-    /// No VMAs yet: every fault is a segmentation fault.
-    pub fn handle_fault(&self, _cpu: usize, _addr: u64, _access: Access) -> Result<(), FaultError> {
-        Err(FaultError::Segv)
+    pub fn mprotect(&self, cpu: usize, addr: u64, len: u64, prot: u64) -> Result<(), Errno> {
+        let prot = u32::try_from(prot).map_err(|_| Errno::Inval)?;
+        self.asp().mprotect(cpu, addr, len, prot).map_err(errno)
     }
 
-    pub fn mmap(&self, _cpu: usize, _a: u64, _l: u64, _p: u64, _f: u64) -> Result<u64, Errno> {
-        Err(Errno::NoSys)
+    /// Linux's `brk`: returns the (possibly unchanged) break.
+    pub fn brk(&self, cpu: usize, end: u64) -> Result<u64, Errno> {
+        Ok(self.asp().brk(cpu, end))
     }
 
-    pub fn munmap(&self, _cpu: usize, _a: u64, _l: u64) -> Result<(), Errno> {
-        Err(Errno::NoSys)
+    /// A copy-on-write copy of this address space for a forked child.
+    pub fn fork(&self, cpu: usize) -> Result<UserMm, Errno> {
+        self.asp().fork(cpu).map(Self::wrap).map_err(errno)
     }
 
-    pub fn mprotect(&self, _cpu: usize, _a: u64, _l: u64, _p: u64) -> Result<(), Errno> {
-        Err(Errno::NoSys)
+    pub fn set_brk_base(&self, base: u64) -> Result<(), Errno> {
+        self.asp().set_brk_base(base).map_err(errno)
     }
 
-    pub fn brk(&self, _cpu: usize, _end: u64) -> Result<u64, Errno> {
-        Err(Errno::NoSys)
-    }
-
-    pub fn fork(&self, _cpu: usize) -> Result<UserMm, Errno> {
-        Err(Errno::NoSys)
-    }
-
-    pub fn set_brk_base(&self, _base: u64) -> Result<(), Errno> {
-        Ok(())
-    }
-
-    /// Tears the address space down: every mapped frame and table goes back
-    /// to the allocator after a full shootdown, which makes CPUs that still
-    /// hold it lazily drop it.
+    /// Tears the address space down: every VMA, mapped frame and table goes
+    /// back after a full shootdown, which makes CPUs that still hold it
+    /// lazily drop it.
     ///
     /// # Safety
     /// Nothing uses this address space concurrently or afterwards (the last
     /// thread has exited and left it).
     pub unsafe fn exit(&self, cpu: usize) {
         // SAFETY: exclusive per the contract.
-        let Some(pt) = (unsafe { (*self.pt.get()).take() }) else {
-            return;
-        };
-        let fa = mem::fa();
-        let mut release = |f: Frame| {
-            // SAFETY: the mapping's reference; called after the flush.
-            unsafe { fa.put(cpu, f, 0) };
-        };
-        let mut g = TlbGather::new(MmId::from_raw(self.id), cpu, &tlb::FLUSH, fa, &mut release);
-        pt.destroy(&mut g);
-        g.finish();
+        if let Some(a) = unsafe { (*self.asp.get()).take() } {
+            a.exit(cpu);
+        }
     }
 }
 
 impl Drop for UserMm {
     fn drop(&mut self) {
         debug_assert!(
-            self.pt.get_mut().is_none(),
+            self.asp.get_mut().is_none(),
             "user memory dropped without exit()"
         );
     }
