@@ -75,6 +75,7 @@
 //! | `mmu::invalidate_cached(mm: u64)` | on every CPU, mark the translations of `mm` kept under a tag that is not loaded (x86 PCIDs, MIPS ASIDs) stale, so that the next `activate` of `mm` there flushes them; each mark is an AcqRel read-modify-write (a swap), and `activate` takes it with one — pair (S4) of `mm::shootdown`, whose loom model fails otherwise |
 //! | `mmu::kick(cpus: u64)` | make the CPUs in the mask run `samara_ipi` soon: an IPI on x86_64; on a port without IPIs a no-op (they poll from the tick, idle and spin loops) |
 //! | `mmu::describe() -> impl Display` | the MMU features in use, for the banner (PCID, x2APIC, TLB size, ...) |
+//! | `mmu::exec_protection() -> bool` | whether pages without `EXEC` really cannot be executed (x86_64 NX; MIPS64 only with RI/XI, which QEMU's Octeon68XX lacks) |
 //!
 //! # TLB shootdown: what the port provides
 //!
@@ -358,6 +359,7 @@ const _: () = {
     let _: fn() = imp::mmu::flush_local_all;
     let _: fn(u64) = imp::mmu::invalidate_cached;
     let _: fn(u64) = imp::mmu::kick;
+    let _: fn() -> bool = imp::mmu::exec_protection;
 };
 
 #[cfg(samara_tasks)]

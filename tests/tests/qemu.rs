@@ -84,6 +84,21 @@ mod mips64 {
             fn mips_shootdown() {
                 qemu_tests::scenario_mips_shootdown(true);
             }
+
+            #[test]
+            fn faultstorm() {
+                qemu_tests::scenario_faultstorm(Arch::Mips64, true);
+            }
+
+            #[test]
+            fn forkbomb_lite() {
+                qemu_tests::scenario_forkbomb(Arch::Mips64, true);
+            }
+
+            #[test]
+            fn segv() {
+                qemu_tests::scenario_segv(Arch::Mips64, true);
+            }
         }
     );
     scenarios!(
@@ -100,6 +115,21 @@ mod mips64 {
             #[test]
             fn mips_shootdown() {
                 qemu_tests::scenario_mips_shootdown(false);
+            }
+
+            #[test]
+            fn faultstorm() {
+                qemu_tests::scenario_faultstorm(Arch::Mips64, false);
+            }
+
+            #[test]
+            fn forkbomb_lite() {
+                qemu_tests::scenario_forkbomb(Arch::Mips64, false);
+            }
+
+            #[test]
+            fn segv() {
+                qemu_tests::scenario_segv(Arch::Mips64, false);
             }
         }
     );

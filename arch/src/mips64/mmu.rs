@@ -219,6 +219,14 @@ pub fn refresh(va: u64) {
     tlb::update(va, even, odd);
 }
 
+/// Whether pages without `EXEC` cannot be executed: only with RI/XI
+/// (Config3.RXI, enabled by `tlb::init`). QEMU's Octeon68XX does not
+/// implement them, so there every readable page is executable (and every
+/// executable page readable); the PTEs still record the exact protection.
+pub fn exec_protection() -> bool {
+    cp0::config3() & cp0::config3::RXI != 0
+}
+
 /// The MMU features in use, for the banner.
 pub struct Description;
 
