@@ -20,6 +20,21 @@ macro_rules! task_scenarios {
         fn user() {
             qemu_tests::scenario_user($arch, $per_vma_lock);
         }
+
+        #[test]
+        fn faultstorm() {
+            qemu_tests::scenario_faultstorm($arch, $per_vma_lock);
+        }
+
+        #[test]
+        fn forkbomb_lite() {
+            qemu_tests::scenario_forkbomb($arch, $per_vma_lock);
+        }
+
+        #[test]
+        fn segv() {
+            qemu_tests::scenario_segv($arch, $per_vma_lock);
+        }
     };
 }
 
@@ -84,21 +99,6 @@ mod mips64 {
             fn mips_shootdown() {
                 qemu_tests::scenario_mips_shootdown(true);
             }
-
-            #[test]
-            fn faultstorm() {
-                qemu_tests::scenario_faultstorm(Arch::Mips64, true);
-            }
-
-            #[test]
-            fn forkbomb_lite() {
-                qemu_tests::scenario_forkbomb(Arch::Mips64, true);
-            }
-
-            #[test]
-            fn segv() {
-                qemu_tests::scenario_segv(Arch::Mips64, true);
-            }
         }
     );
     scenarios!(
@@ -115,21 +115,6 @@ mod mips64 {
             #[test]
             fn mips_shootdown() {
                 qemu_tests::scenario_mips_shootdown(false);
-            }
-
-            #[test]
-            fn faultstorm() {
-                qemu_tests::scenario_faultstorm(Arch::Mips64, false);
-            }
-
-            #[test]
-            fn forkbomb_lite() {
-                qemu_tests::scenario_forkbomb(Arch::Mips64, false);
-            }
-
-            #[test]
-            fn segv() {
-                qemu_tests::scenario_segv(Arch::Mips64, false);
             }
         }
     );

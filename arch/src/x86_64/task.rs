@@ -100,12 +100,14 @@ samara_x86_switch:
     pop rbp
     ret
 
+    .global samara_x86_kernel_task_entry
 samara_x86_kernel_task_entry:
     call {task_start}
     mov rdi, r13
     call r12
     ud2
 
+    .global samara_x86_user_task_entry
 samara_x86_user_task_entry:
     call {task_start}
     mov rdi, rsp

@@ -5,20 +5,20 @@
 use alloc::sync::Arc;
 
 use boot::elf::{self, ElfError};
-use mm::pgtable::Prot;
 use samara_abi::Errno;
 
 use super::process::Process;
 use super::sched::Task;
-use super::umem::{UserMm, MIN_ADDR};
+use super::umem::{prot_bits, UserMm, MIN_ADDR};
 
 /// The programs xtask built and the kernel embeds (`kernel/build.rs`).
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/user_programs.rs"));
 }
 
-/// Size of the main thread's stack, mapped below the top of user space.
-pub const STACK_SIZE: u64 = 256 * 1024;
+/// Size of the main thread's stack as mapped; it grows down on faults (up
+/// to the layout's stack limit).
+pub const STACK_SIZE: u64 = 64 * 1024;
 
 /// The embedded image of program `name`.
 pub fn image(name: &str) -> Option<&'static [u8]> {
@@ -57,20 +57,9 @@ const MACHINE: (u16, elf::Endian) = (elf::EM_X86_64, elf::Endian::Little);
 #[cfg(target_arch = "mips64")]
 const MACHINE: (u16, elf::Endian) = (elf::EM_MIPS, elf::Endian::Big);
 
-fn prot_of(s: &elf::Segment) -> Prot {
-    let mut p = Prot::empty();
-    if s.read {
-        p |= Prot::READ;
-    }
-    if s.write {
-        p |= Prot::WRITE;
-    }
-    if s.exec {
-        p |= Prot::EXEC;
-    }
-    p
-}
-
+/// Maps each segment writable, copies its file bytes in (the rest stays
+/// zero), then gives it its own protection; maps the stack. Returns the
+/// stack's top.
 fn map_program(
     mm: &UserMm,
     cpu: usize,
@@ -79,16 +68,25 @@ fn map_program(
 ) -> Result<u64, LoadError> {
     for s in prog.segments() {
         let (start, end) = s.pages();
-        mm.map_fixed(cpu, start, end - start, prot_of(s))
+        mm.map_fixed(cpu, start, end - start, prot_bits(true, true, false), false)
             .map_err(LoadError::Mem)?;
         let bytes = &image[s.offset as usize..(s.offset + s.filesz) as usize];
-        mm.load(cpu, s.vaddr, (start, end), bytes, prot_of(s))
+        mm.copy_to_user(cpu, s.vaddr, bytes)
+            .map_err(LoadError::Mem)?;
+        let prot = prot_bits(s.read, s.write, s.exec);
+        mm.mprotect(cpu, start, end - start, u64::from(prot))
             .map_err(LoadError::Mem)?;
     }
     mm.set_brk_base(prog.end()).map_err(LoadError::Mem)?;
     let top = arch::mmu::USER_VA_END;
-    mm.map_fixed(cpu, top - STACK_SIZE, STACK_SIZE, Prot::READ | Prot::WRITE)
-        .map_err(LoadError::Mem)?;
+    mm.map_fixed(
+        cpu,
+        top - STACK_SIZE,
+        STACK_SIZE,
+        prot_bits(true, true, false),
+        true,
+    )
+    .map_err(LoadError::Mem)?;
     Ok(top)
 }
 

@@ -7,15 +7,20 @@
 
 use boot::{BootInfo, RegionKind};
 use mm::addr::PhysAddr;
+use mm::aspace::{MmContext, UserLayout};
 use mm::frame::{FrameAllocator, FrameConfig};
 use mm::phys::DirectMap;
 use mm::rcu::Rcu;
 use mm::shootdown::Shootdown;
 use spin::Once;
 
+use super::tlb;
+use super::umem::ArchPte;
+
 static FRAMES: Once<FrameAllocator> = Once::new();
 static RCU: Once<Rcu> = Once::new();
 static SHOOTDOWN: Once<Shootdown> = Once::new();
+static MM: Once<MmContext<'static, ArchPte>> = Once::new();
 
 /// The frame allocator (`None` before [`init`]).
 pub fn frames() -> Option<&'static FrameAllocator> {
@@ -39,11 +44,17 @@ pub fn shootdown_opt() -> Option<&'static Shootdown> {
     SHOOTDOWN.get()
 }
 
+/// The address-space context: VMA slabs, fault counters, the TLB hook.
+pub fn ctx() -> &'static MmContext<'static, ArchPte> {
+    MM.get().expect("address spaces used before mem::init")
+}
+
 /// Why memory could not be set up.
 #[derive(Debug)]
 pub enum MemError {
     TooManyRegions,
     Frames(mm::frame::InitError),
+    Slabs,
 }
 
 impl core::fmt::Display for MemError {
@@ -51,13 +62,16 @@ impl core::fmt::Display for MemError {
         match self {
             MemError::TooManyRegions => f.write_str("more usable regions than the kernel takes"),
             MemError::Frames(e) => write!(f, "frame allocator: {e}"),
+            MemError::Slabs => f.write_str("out of memory for the address-space caches"),
         }
     }
 }
 
 /// Builds the frame allocator over every usable region of `info` for
-/// `nr_cpus` CPUs, the RCU domain and the shootdown state. Boot CPU, once.
-pub fn init(info: &BootInfo, nr_cpus: usize) -> Result<(), MemError> {
+/// `nr_cpus` CPUs, the RCU domain, the shootdown state and the
+/// address-space context (per-VMA locking `per_vma_lock` at run time; it
+/// stays off without the feature). Boot CPU, once.
+pub fn init(info: &BootInfo, nr_cpus: usize, per_vma_lock: bool) -> Result<(), MemError> {
     let mut regions = [(0u64, 0u64); boot::memmap::MAX_REGIONS];
     let mut n = 0;
     for r in info
@@ -93,8 +107,35 @@ pub fn init(info: &BootInfo, nr_cpus: usize) -> Result<(), MemError> {
     // them `Kernel`. From now on only the allocator hands them out.
     let fa = unsafe { FrameAllocator::new(dmap, &regions[..n], FrameConfig::new(nr_cpus)) }
         .map_err(MemError::Frames)?;
-    FRAMES.call_once(|| fa);
-    RCU.call_once(Rcu::new);
+    let fa = FRAMES.call_once(|| fa);
+    let rcu = RCU.call_once(Rcu::new);
     SHOOTDOWN.call_once(|| Shootdown::new(nr_cpus));
+    // SAFETY: the context is never dropped (a static), so no RCU callback
+    // can outlive it.
+    let ctx = unsafe { MmContext::new(fa, rcu, &tlb::FLUSH, UserLayout::for_format::<ArchPte>()) }
+        .map_err(|_| MemError::Slabs)?;
+    let ctx = MM.call_once(|| ctx);
+    ctx.set_per_vma_lock(per_vma_lock);
+    prime(ctx).map_err(|_| MemError::Slabs)?;
     Ok(())
+}
+
+/// Makes the address-space layer allocate the reserves it keeps for good
+/// once used (the maple tree's spare retire batch, held so that retiring
+/// nodes can never fail): one address space with one mapping, created and
+/// torn down at boot. From then on the free-frame count after a workload
+/// (caches shrunk, RCU callbacks run) equals the count before it exactly,
+/// which is what the workloads check.
+fn prime(ctx: &'static MmContext<'static, ArchPte>) -> Result<(), mm::aspace::Errno> {
+    use mm::aspace::{AddressSpace, MapFlags};
+    let a = AddressSpace::new(ctx, 0)?;
+    let r = a.mmap(
+        0,
+        0,
+        4096,
+        samara_abi::prot::READ as u32,
+        MapFlags::PRIVATE | MapFlags::ANONYMOUS,
+    );
+    a.exit(0);
+    r.map(|_| ())
 }

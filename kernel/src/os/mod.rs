@@ -7,7 +7,7 @@
 //! # Boot
 //!
 //! On the boot CPU, [`start`]: the frame allocator, RCU and shootdown state
-//! ([`mem`]), the heap (usable from then on), the spin hook, this CPU's idle
+//! ([`mem`]), the heap (usable from then on), the relax hook, this CPU's idle
 //! task and RCU handle, the other CPUs ([`secondary_main`] on each), every
 //! CPU's tick, then the `init` kernel thread that runs the scenario or
 //! workload ([`workload`]); the boot CPU becomes idle.
@@ -35,7 +35,7 @@ mod tlb;
 mod umem;
 mod workload;
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::Ordering;
 
 use boot::options::Options;
 use boot::BootInfo;
@@ -48,14 +48,12 @@ pub fn cpu_id() -> usize {
     arch::smp::this_cpu()
 }
 
-static PER_VMA_LOCK: AtomicBool = AtomicBool::new(false);
-
+/// Whether the fault path uses per-VMA locks now.
 pub fn per_vma_lock() -> bool {
-    PER_VMA_LOCK.load(Ordering::Relaxed)
+    mem::ctx().per_vma_lock()
 }
 
-/// The fault counters (`mm::aspace`'s `VMA_LOCK_*` events, and the faults
-/// this kernel took from user mode).
+/// The fault counters.
 pub struct FaultCounts {
     pub faults: u64,
     pub success: u64,
@@ -75,8 +73,7 @@ pub fn fault_counts() -> FaultCounts {
     let faults = (0..arch::smp::cpu_count())
         .map(|c| sched::cpu(c).faults.load(Ordering::Relaxed))
         .sum();
-    let ctx = umem::context();
-    let c = ctx.fault_counts();
+    let c = mem::ctx().fault_counts();
     FaultCounts {
         faults,
         success: c.success,
@@ -84,24 +81,17 @@ pub fn fault_counts() -> FaultCounts {
         retry: c.retry,
         miss: c.miss,
         mmap_locked: c.mmap_locked,
-        vmas_live: ctx.vmas_live(),
+        vmas_live: mem::ctx().vmas_live(),
     }
 }
 
 /// Brings the system up and runs `run` in the `init` kernel thread.
 pub fn start(info: &'static BootInfo, opts: Options, per_vma_lock: bool, run: Run) -> ! {
-    PER_VMA_LOCK.store(per_vma_lock, Ordering::Relaxed);
     let ncpu = arch::smp::cpu_count();
-    if let Err(e) = mem::init(info, ncpu) {
+    if let Err(e) = mem::init(info, ncpu, per_vma_lock) {
         crate::finish(
             arch::ExitStatus::Failure,
             format_args!("cannot set up memory: {e}"),
-        );
-    }
-    if let Err(e) = umem::init(per_vma_lock) {
-        crate::finish(
-            arch::ExitStatus::Failure,
-            format_args!("cannot set up address spaces: {e:?}"),
         );
     }
     mm::sync::set_relax_hook(tlb::spin_hook);
@@ -128,7 +118,36 @@ pub fn secondary_main(cpu: usize) -> ! {
 }
 
 /// Returns the address-space caches' empty pages to the frame allocator
-/// (the heap frees its pages eagerly).
+/// (through RCU where the cache demands it; the heap frees its pages
+/// eagerly).
 pub fn shrink_caches() {
-    umem::context().shrink(cpu_id());
+    mem::ctx().shrink(cpu_id());
+}
+
+/// What the address-space layer still holds, for leak reports.
+pub struct MmObjects {
+    mms: u64,
+    vmas: u64,
+    anon: (u64, u64, u64),
+}
+
+impl MmObjects {
+    pub fn now() -> MmObjects {
+        let c = mem::ctx();
+        MmObjects {
+            mms: c.mms_live(),
+            vmas: c.vmas_live(),
+            anon: c.anon_objects_live(),
+        }
+    }
+}
+
+impl core::fmt::Display for MmObjects {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{} address spaces, {} VMAs, {} anon_vmas, {} anon_vma chains, {} shared objects live",
+            self.mms, self.vmas, self.anon.0, self.anon.1, self.anon.2
+        )
+    }
 }

@@ -10,9 +10,9 @@
 //!
 //! Interrupts are off in the kernel, so the IPI reaches a CPU only in user
 //! mode or idle; every other CPU answers from a spin loop: `mm`'s (the
-//! spin hook installed at boot), the scheduler's wait for a task to get
-//! off its old CPU, and the initiator's own wait (two CPUs may shoot at
-//! each other). A CPU inside the kernel that does not spin reaches user
+//! relax hook installed at boot: every kernel lock is an `mm` spin lock)
+//! and the initiator's own wait (two CPUs may shoot at each other). A CPU
+//! inside the kernel that does not spin reaches user
 //! mode, idle or a spin loop in bounded time. On a port without IPIs
 //! (MIPS) the tick and the idle loop answer instead.
 //!
@@ -64,8 +64,9 @@ pub fn service() {
     }
 }
 
-/// The spin hook `mm` calls in every spin loop: answer requests, then let
-/// the arch relax (`arch::irq::relax`).
+/// The relax hook `mm` calls in every spin loop: answer requests, then let
+/// the arch relax (`arch::irq::relax`: on QEMU's Malta, yield the
+/// round-robin emulator to the vCPU being waited for).
 pub fn spin_hook() {
     service();
     arch::irq::relax();

@@ -47,9 +47,6 @@ pub fn start_init(opts: Options, run: Run) {
 
 extern "C" fn init_main(_: usize) -> ! {
     let (opts, run) = *WHAT.get().expect("init without a job");
-    if matches!(run, Run::Workload(_) | Run::Scenario(Scenario::User)) {
-        warm_up();
-    }
     match run {
         Run::Scenario(Scenario::Smp) => smp_test(),
         Run::Scenario(Scenario::User) => user_test(),
@@ -201,41 +198,15 @@ fn smp_test() -> ! {
     )
 }
 
-/// Brings the address-space caches to their steady state before anything
-/// is measured: the first change of any VMA tree allocates `mm::aspace`'s
-/// reserve (a spare maple-node retire batch, kept for the context's
-/// lifetime so that retiring nodes can never fail), which a workload's
-/// before/after frame counts must not mistake for a leak. A scratch address
-/// space maps and unmaps a page, exits, and its memory settles.
-fn warm_up() {
-    let cpu = super::cpu_id();
-    match super::umem::UserMm::new(cpu) {
-        Ok(mm) => {
-            let r = mm.map_fixed(cpu, super::umem::MIN_ADDR, 4096, mm::pgtable::Prot::READ);
-            // SAFETY: nobody else knows this address space.
-            unsafe { mm.exit(cpu) };
-            if let Err(e) = r {
-                fail("warm-up", format_args!("cannot map a page: {}", e.name()));
-            }
-        }
-        Err(e) => fail(
-            "warm-up",
-            format_args!("cannot create an address space: {}", e.name()),
-        ),
-    }
-    // Everything but the reserve comes back (through RCU for the VMA).
-    let end = arch::timer::now_ns() + 1_000_000_000;
-    let mut last = 0;
-    loop {
-        sched::with_rcu(|r| r.barrier());
-        super::shrink_caches();
-        let free = mem::fa().stats().free_pages;
-        if free == last || arch::timer::now_ns() > end {
-            break;
-        }
-        last = free;
-        sleep_ns(1_000_000);
-    }
+/// Runs every queued RCU callback, returns the caches' empty pages (which
+/// goes through RCU again for the type-safe caches), runs those callbacks
+/// too; returns the free-frame count then. The workloads measure "before"
+/// and "after" in this state.
+fn quiesce() -> u64 {
+    sched::with_rcu(|r| r.barrier());
+    super::shrink_caches();
+    sched::with_rcu(|r| r.barrier());
+    mem::fa().stats().free_pages
 }
 
 /// Waits for the memory every exited process used to come back: RCU
@@ -246,9 +217,7 @@ fn warm_up() {
 fn settle(before_free: u64) -> u64 {
     let end = arch::timer::now_ns() + 1_000_000_000;
     loop {
-        sched::with_rcu(|r| r.barrier());
-        super::shrink_caches();
-        let free = mem::fa().stats().free_pages;
+        let free = quiesce();
         if free == before_free || arch::timer::now_ns() > end {
             return free;
         }
@@ -258,7 +227,7 @@ fn settle(before_free: u64) -> u64 {
 
 /// `test=user`: several `hello` processes on all CPUs.
 fn user_test() -> ! {
-    let before = mem::fa().stats().free_pages;
+    let before = quiesce();
     let heap0 = super::heap::HEAP.frames_held();
     let n = 2 * arch::smp::cpu_count() as u64;
     let mut procs: Vec<Arc<Process>> = Vec::new();
@@ -286,9 +255,10 @@ fn user_test() -> ! {
         fail(
             "test user",
             format_args!(
-                "frames free {after} after, {before} before: leaked {} (heap holds {heap0} -> {} frames)",
+                "frames free {after} after, {before} before: leaked {} (heap holds {heap0} -> {} frames; {})",
                 before as i64 - after as i64,
-                super::heap::HEAP.frames_held()
+                super::heap::HEAP.frames_held(),
+                super::MmObjects::now()
             ),
         );
     }
@@ -333,6 +303,7 @@ fn run_workload(w: Workload, o: &Options) -> ! {
             format_args!("this kernel has no user program `{name}` (embedded: {have})"),
         );
     }
+    quiesce();
     let s0: Stats = stats::collect();
     let heap0 = super::heap::HEAP.frames_held();
     let t0 = arch::timer::now_ns();

@@ -4,7 +4,7 @@
 //! write lock) under the faulting threads' feet.
 //!
 //! Arguments: `arg0` = threads (0: one per CPU), `arg1` = pages per region
-//! (low 32 bits, 0: 1024) and rounds (high 32 bits, 0: 4).
+//! (low 32 bits, 0: 256) and rounds (high 32 bits, 0: 4).
 //!
 //! Prints the fault rate, the per-VMA lock counters and the share of faults
 //! handled without the mmap lock, and one machine-readable line:
@@ -81,7 +81,7 @@ fn main(arg0: u64, arg1: u64) -> u64 {
     let s0 = samara_user::stats();
     let threads = if arg0 == 0 { s0.cpus.max(1) } else { arg0 }.min(64);
     let pages = match arg1 & 0xffff_ffff {
-        0 => 1024,
+        0 => 256,
         p => p,
     };
     let rounds = match arg1 >> 32 {
