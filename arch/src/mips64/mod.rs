@@ -20,6 +20,15 @@
 //! parks itself in [`smp`] without touching the stack or memory the boot
 //! CPU is clearing.
 //!
+//! The task contract (`arch/src/lib.rs`) on MIPS: [`trap`] (the XTLB
+//! refill handler, exception dispatch to the kernel's hooks), [`context`]
+//! and [`task`] (kernel context switch, user frames, the n64 syscall
+//! convention), [`mmu`] (KScratch2/EntryHi switching, ASIDs, the port's side
+//! of the IPI-less shootdown), [`tlb`] (local TLB maintenance), [`timer`]
+//! (Count/Compare, the 1 kHz service poll), [`smp`] (logical CPU numbers,
+//! releasing the parked CPUs), [`irq`]/[`cpu`] (idle `wait`, the emulator
+//! yield in spin loops).
+//!
 //! Address-space use (the CPU has 64-bit segments; Status.KX/UX are set):
 //!
 //! ```text
