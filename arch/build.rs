@@ -5,7 +5,7 @@
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
-    if arch == "x86_64" {
+    if arch == "x86_64" || arch == "mips64" {
         println!("cargo:rustc-cfg=samara_tasks");
     }
 }

@@ -23,7 +23,7 @@ const PROGRAMS: &[&str] = &["hello", "faultstorm", "forkbomb", "segv", "tlbcheck
 
 fn main() {
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
-    if arch == "x86_64" {
+    if arch == "x86_64" || arch == "mips64" {
         println!("cargo:rustc-cfg=samara_tasks");
     }
     user_programs();

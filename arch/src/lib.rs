@@ -55,6 +55,7 @@
 //! | `smp::cpu_count() -> usize` | CPUs the platform has and the port can start (at most 64), the boot CPU included |
 //! | `smp::start_secondaries() -> usize` | start every other CPU; each runs its arch setup (traps, per-CPU data, MMU, timer calibration values from the boot CPU, but **not** its tick) and calls `samara_secondary_main(cpu)`; returns how many started. Called once by the boot CPU, after the kernel's global allocator works (the port may `Box` per-CPU data) |
 //! | `irq::wait_for_interrupt()` | enable interrupts, halt until one arrives, disable them again; enabling and halting must be atomic with respect to delivery (x86 `sti; hlt`), so a wake-up sent after the caller's last check is never lost |
+//! | `irq::relax()` | what a CPU spinning in the kernel does between two polls of its requests (the kernel's relax hook calls it): nothing on x86_64; on QEMU's Malta, whose MIPS vCPUs run round-robin on one host thread, give the host to the other vCPUs until the next tick (the CPU spun on cannot move meanwhile anyway) |
 //! | `timer::start_tick(hz: u32)` | start this CPU's periodic tick at `hz`; each tick calls `samara_tick` |
 //! | `timer::now_ns() -> u64` | nanoseconds since boot, monotonic, comparable across CPUs |
 //! | `timer::cycles() -> u64` | the raw cycle counter (TSC, CP0 Count), for measurements |
@@ -74,6 +75,7 @@
 //! | `mmu::invalidate_cached(mm: u64)` | on every CPU, mark the translations of `mm` kept under a tag that is not loaded (x86 PCIDs, MIPS ASIDs) stale, so that the next `activate` of `mm` there flushes them; each mark is an AcqRel read-modify-write (a swap), and `activate` takes it with one — pair (S4) of `mm::shootdown`, whose loom model fails otherwise |
 //! | `mmu::kick(cpus: u64)` | make the CPUs in the mask run `samara_ipi` soon: an IPI on x86_64; on a port without IPIs a no-op (they poll from the tick, idle and spin loops) |
 //! | `mmu::describe() -> impl Display` | the MMU features in use, for the banner (PCID, x2APIC, TLB size, ...) |
+//! | `mmu::exec_protection() -> bool` | whether pages without `EXEC` really cannot be executed (x86_64 NX; MIPS64 only with RI/XI, which QEMU's Octeon68XX lacks) |
 //!
 //! # TLB shootdown: what the port provides
 //!
@@ -334,6 +336,7 @@ const _: () = {
     let _: fn() -> usize = imp::smp::cpu_count;
     let _: fn() -> usize = imp::smp::start_secondaries;
     let _: fn() = imp::irq::wait_for_interrupt;
+    let _: fn() = imp::irq::relax;
     let _: fn(u32) = imp::timer::start_tick;
     let _: fn() -> u64 = imp::timer::now_ns;
     let _: fn() -> u64 = imp::timer::cycles;
@@ -356,6 +359,7 @@ const _: () = {
     let _: fn() = imp::mmu::flush_local_all;
     let _: fn(u64) = imp::mmu::invalidate_cached;
     let _: fn(u64) = imp::mmu::kick;
+    let _: fn() -> bool = imp::mmu::exec_protection;
 };
 
 #[cfg(samara_tasks)]

@@ -6,7 +6,7 @@
 //!
 //! | key | values | default |
 //! | --- | --- | --- |
-//! | `test` | `boot`, `pagefault`, `panic`, `smp`, `user` | none: run the workload |
+//! | `test` | `boot`, `pagefault`, `panic`, `smp`, `user`, `mips-user`, `mips-shootdown` | none: run the workload |
 //! | `workload` | `none`, `hello`, `faultstorm`, `forkbomb-lite`, `segv`, `tlb-shootdown` | `none` |
 //! | `per_vma_lock` | `on`, `off` | `on` when compiled in |
 //! | `threads` | 1..=64: faulting threads (`faultstorm`), children per round (`forkbomb-lite`) | the program's default |
@@ -33,6 +33,11 @@ pub enum Scenario {
     /// User processes run on all CPUs, use the basic system calls, exit
     /// with 0, and give back every frame.
     User,
+    /// MIPS64 only: user mode, syscalls, refills and faults, ASID rollover,
+    /// driven directly by the kernel (no scheduler).
+    MipsUser,
+    /// MIPS64 only, two or more CPUs: cross-CPU TLB shootdown without IPIs.
+    MipsShootdown,
 }
 
 /// The workload to run after boot (`workload=NAME`).
@@ -54,12 +59,14 @@ pub enum Workload {
 }
 
 impl Scenario {
-    pub const ALL: [(&'static str, Scenario); 5] = [
+    pub const ALL: [(&'static str, Scenario); 7] = [
         ("boot", Scenario::Boot),
         ("pagefault", Scenario::PageFault),
         ("panic", Scenario::Panic),
         ("smp", Scenario::Smp),
         ("user", Scenario::User),
+        ("mips-user", Scenario::MipsUser),
+        ("mips-shootdown", Scenario::MipsShootdown),
     ];
 
     pub fn name(self) -> &'static str {
@@ -123,9 +130,9 @@ pub enum OptionError<'a> {
 }
 
 /// One line per key with its values, for error messages and `--help` text.
-pub const VALID_KEYS: &str = "test=boot|pagefault|panic|smp|user, \
-workload=none|hello|faultstorm|forkbomb-lite|segv|tlb-shootdown, per_vma_lock=on|off, threads=1..64, \
-pages=1..1048576, rounds=1..100000";
+pub const VALID_KEYS: &str = "test=boot|pagefault|panic|smp|user|mips-user|mips-shootdown, \
+workload=none|hello|faultstorm|forkbomb-lite|segv|tlb-shootdown, per_vma_lock=on|off, \
+threads=1..64, pages=1..1048576, rounds=1..100000";
 
 impl fmt::Display for OptionError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -241,6 +248,11 @@ mod tests {
         );
         assert_eq!(Workload::Faultstorm.name(), "faultstorm");
         assert_eq!(parse("test=smp").unwrap().test, Some(Scenario::Smp));
+        assert_eq!(
+            parse("test=mips-shootdown").unwrap().test,
+            Some(Scenario::MipsShootdown)
+        );
+        assert_eq!(Scenario::MipsUser.name(), "mips-user");
     }
 
     #[test]

@@ -8,12 +8,15 @@
 //! xtask shows as the run's summary.
 #![no_std]
 #![no_main]
+#![cfg_attr(target_arch = "mips64", feature(asm_experimental_arch))]
 
 #[cfg(samara_tasks)]
 extern crate alloc;
 
 #[macro_use]
 mod console;
+#[cfg(target_arch = "mips64")]
+mod mips;
 #[cfg(samara_tasks)]
 mod os;
 
@@ -142,6 +145,15 @@ pub extern "Rust" fn samara_main(info: &'static BootInfo) -> ! {
             println!("test panic: panicking on purpose");
             panic!("deliberate panic (test=panic)");
         }
+        #[cfg(target_arch = "mips64")]
+        Some(Scenario::MipsUser) => mips::scenario_user(info),
+        #[cfg(target_arch = "mips64")]
+        Some(Scenario::MipsShootdown) => mips::scenario_shootdown(info),
+        #[cfg(not(target_arch = "mips64"))]
+        Some(s @ (Scenario::MipsUser | Scenario::MipsShootdown)) => finish(
+            ExitStatus::Failure,
+            format_args!("test={} runs on mips64 only", s.name()),
+        ),
         None => match opts.workload {
             Workload::None => finish(
                 ExitStatus::Success,

@@ -6,6 +6,7 @@
 #![cfg_attr(not(any(test, loom, feature = "std")), no_std)]
 
 pub mod addr;
+pub mod asid;
 pub mod aspace;
 pub mod cpu;
 pub mod frame;

@@ -243,6 +243,12 @@ pub enum Fault {
     /// Shootdown: an initiator posts its request with a Relaxed RMW, so a
     /// target may read an old request (and skip the flush it asks for).
     ShootdownPendingRelaxed = 1 << 17,
+    /// ASIDs: `invalidate_cached` marks nothing, so a CPU that switched
+    /// away during a shootdown comes back to its stale entries.
+    AsidSkipMark = 1 << 18,
+    /// ASIDs: activation writes the context back with a plain store, which
+    /// can overwrite a stale mark that landed after it read the word.
+    AsidStoreOverMark = 1 << 19,
 }
 
 #[cfg(loom)]

@@ -35,14 +35,21 @@ macro_rules! task_scenarios {
         fn segv() {
             qemu_tests::scenario_segv($arch, $per_vma_lock);
         }
+
+        #[test]
+        fn tlb_shootdown() {
+            qemu_tests::scenario_tlb_shootdown($arch, $per_vma_lock);
+        }
     };
 }
 
 macro_rules! scenarios {
-    ($config:ident, $arch:expr, $per_vma_lock:expr $(, $tasks:ident)?) => {
+    (@body $config:ident, $arch:expr, $per_vma_lock:expr, [$($tasks:ident)?], { $($extra:item)* }) => {
         pub mod $config {
             use super::*;
             $(task_scenarios!($tasks, $arch, $per_vma_lock);)?
+
+            $($extra)*
 
             #[test]
             fn boot() {
@@ -65,6 +72,13 @@ macro_rules! scenarios {
             }
         }
     };
+    // Architecture-specific scenarios follow `extra`.
+    ($config:ident, $arch:expr, $per_vma_lock:expr $(, $tasks:ident)?, extra { $($extra:item)* }) => {
+        scenarios!(@body $config, $arch, $per_vma_lock, [$($tasks)?], { $($extra)* });
+    };
+    ($config:ident, $arch:expr, $per_vma_lock:expr $(, $tasks:ident)?) => {
+        scenarios!(@body $config, $arch, $per_vma_lock, [$($tasks)?], {});
+    };
 }
 
 mod x86_64 {
@@ -75,6 +89,38 @@ mod x86_64 {
 
 mod mips64 {
     use super::*;
-    scenarios!(pvl, Arch::Mips64, true);
-    scenarios!(nopvl, Arch::Mips64, false);
+    scenarios!(
+        pvl,
+        Arch::Mips64,
+        true,
+        tasks,
+        extra {
+            #[test]
+            fn mips_user() {
+                qemu_tests::scenario_mips_user(true);
+            }
+
+            #[test]
+            fn mips_shootdown() {
+                qemu_tests::scenario_mips_shootdown(true);
+            }
+        }
+    );
+    scenarios!(
+        nopvl,
+        Arch::Mips64,
+        false,
+        tasks,
+        extra {
+            #[test]
+            fn mips_user() {
+                qemu_tests::scenario_mips_user(false);
+            }
+
+            #[test]
+            fn mips_shootdown() {
+                qemu_tests::scenario_mips_shootdown(false);
+            }
+        }
+    );
 }

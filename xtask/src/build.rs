@@ -89,19 +89,15 @@ impl KernelConfig {
 
     /// The directory holding this architecture's user programs once
     /// [`KernelConfig::build_user`] ran, or `None` where xtask does not
-    /// build them yet (MIPS64: the port adds its target here). The kernel's
-    /// build script embeds every program it finds there
-    /// (`SAMARA_USER_DIR`).
+    /// build them (every architecture does now). The kernel's build script
+    /// embeds every program it finds there (`SAMARA_USER_DIR`).
     pub fn user_dir(&self) -> Option<PathBuf> {
-        match self.arch {
-            Arch::X86_64 => Some(
-                workspace_root()
-                    .join("target/user")
-                    .join(self.target_name())
-                    .join("release"),
-            ),
-            Arch::Mips64 => None,
-        }
+        Some(
+            workspace_root()
+                .join("target/user")
+                .join(self.target_name())
+                .join("release"),
+        )
     }
 
     /// A `cargo <subcommand>` of the user programs (`kernel/user`), always
@@ -118,9 +114,27 @@ impl KernelConfig {
                 "RUSTFLAGS",
                 "-C relocation-model=static -C code-model=small -C strip=debuginfo",
             )
-            .args([subcommand, "-p", "samara-user", "--release", "--target"])
-            .arg(self.target_name())
-            .arg("--target-dir")
+            .args([subcommand, "-p", "samara-user", "--release", "--target"]);
+        match self.arch {
+            Arch::X86_64 => {
+                cmd.arg(self.target_name());
+            }
+            Arch::Mips64 => {
+                // The kernel's target spec serves user programs too (static,
+                // non-PIC n64, soft-float); like the kernel they need
+                // build-std and therefore RUSTC_BOOTSTRAP (see `cargo`).
+                cmd.arg(workspace_root().join(MIPS64_TARGET_SPEC));
+                cmd.env("RUSTC_BOOTSTRAP", "1").args([
+                    "-Z",
+                    "build-std=core",
+                    "-Z",
+                    "build-std-features=compiler-builtins-mem",
+                    "-Z",
+                    "json-target-spec",
+                ]);
+            }
+        }
+        cmd.arg("--target-dir")
             .arg(workspace_root().join("target/user"));
         Some(cmd)
     }

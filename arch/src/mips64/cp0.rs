@@ -17,6 +17,8 @@ pub mod status {
     pub const ERL: u64 = 1 << 2;
     /// Mode before the exception: 0b00 kernel, 0b01 supervisor, 0b10 user.
     pub const KSU_MASK: u64 = 0b11 << 3;
+    /// KSU = user.
+    pub const KSU_USER: u64 = 0b10 << 3;
     /// 64-bit user segment (xuseg) and XTLB refill for user misses.
     pub const UX: u64 = 1 << 5;
     /// 64-bit kernel segments (XKPHYS, XKSEG) and XTLB refill for them.
@@ -27,6 +29,46 @@ pub mod status {
     /// Bootstrap exception vectors (in the boot ROM at 0xbfc00200).
     pub const BEV: u64 = 1 << 22;
 }
+
+/// Config3 bits (CP0 register 16, select 3).
+pub mod config3 {
+    /// RI/XI are implemented (PageGrain.RIE/XIE and EntryLo.RI/XI).
+    pub const RXI: u64 = 1 << 12;
+}
+
+/// Config4 fields (CP0 register 16, select 4).
+pub mod config4 {
+    /// KScrExist (23:16): bit n set means KScratch register n (CP0 31, n)
+    /// exists.
+    pub const KSCR_EXIST_SHIFT: u32 = 16;
+    /// AE: EntryHi.ASID is 10 bits wide (ASIDX).
+    pub const AE: u64 = 1 << 24;
+}
+
+/// PageGrain bits (CP0 register 5, select 1).
+pub mod pagegrain {
+    /// Read-inhibit enable.
+    pub const RIE: u64 = 1 << 31;
+    /// Execute-inhibit enable.
+    pub const XIE: u64 = 1 << 30;
+    /// Large physical addresses: PFNs above 36 bits are used.
+    pub const ELPA: u64 = 1 << 29;
+}
+
+/// Index bits (CP0 register 0).
+pub mod index {
+    /// Set by `tlbp` when no entry matched.
+    pub const P: u64 = 1 << 31;
+}
+
+/// The KScratch register holding the current address space's root page
+/// table (its XKPHYS address), read by the XTLB refill handler. Octeon II
+/// and later implement KScratch 2..5 (Config4.KScrExist = 0x3c).
+pub const KSCRATCH_PGD: u32 = 2;
+
+/// The KScratch register holding this CPU's logical number
+/// ([`super::smp::this_cpu`]).
+pub const KSCRATCH_CPU: u32 = 3;
 
 /// Cause bits (CP0 register 13).
 pub mod cause {
@@ -109,6 +151,21 @@ read64!(
 read64!(
     /// EntryHi (10, 0).
     entryhi, "$10");
+read64!(
+    /// KScratch2 (31, 2): the current root page table ([`KSCRATCH_PGD`]).
+    kscratch_pgd, "$31, 2");
+read64!(
+    /// KScratch3 (31, 3): this CPU's logical number ([`KSCRATCH_CPU`]).
+    kscratch_cpu, "$31, 3");
+read32!(
+    /// PageGrain (5, 1).
+    pagegrain, "$5, 1");
+read32!(
+    /// PageMask (5, 0).
+    pagemask, "$5, 0");
+read32!(
+    /// Compare (11, 0).
+    compare, "$11");
 
 /// EBase.CPUNum: this CPU's number, 0 on the boot CPU.
 #[inline(always)]
@@ -138,6 +195,56 @@ pub fn set_compare(v: u64) {
     // interrupt is masked unless someone enabled IM7 and IE deliberately.
     unsafe {
         asm!(".set push", ".set noat", "mtc0 {0}, $11", "ehb", ".set pop", in(reg) v, options(nomem, nostack, preserves_flags))
+    };
+}
+
+/// Writes KScratch2, the root page table the XTLB refill handler walks
+/// ([`KSCRATCH_PGD`]).
+///
+/// # Safety
+/// `root` must be the address (XKPHYS or CKSEG0) of a 4 KiB page-table root
+/// whose tables stay valid while it is installed, and EntryHi.ASID must be
+/// changed consistently: the refill handler tags what it loads from this
+/// table with the current ASID.
+#[inline(always)]
+pub unsafe fn set_kscratch_pgd(root: u64) {
+    // SAFETY: per the function's contract.
+    unsafe {
+        asm!(".set push", ".set noat", "dmtc0 {0}, $31, 2", "ehb", ".set pop", in(reg) root, options(nostack, preserves_flags))
+    };
+}
+
+/// Writes KScratch3, this CPU's logical number ([`KSCRATCH_CPU`]).
+#[inline(always)]
+pub fn set_kscratch_cpu(n: u64) {
+    // SAFETY: KScratch3 is software state only Samara reads.
+    unsafe {
+        asm!(".set push", ".set noat", "dmtc0 {0}, $31, 3", "ehb", ".set pop", in(reg) n, options(nomem, nostack, preserves_flags))
+    };
+}
+
+/// Writes PageGrain.
+///
+/// # Safety
+/// Changes how EntryLo is interpreted (ELPA, RI/XI) by later TLB writes and
+/// what accesses fault; the caller keeps it consistent with the PTE format.
+#[inline(always)]
+pub unsafe fn set_pagegrain(v: u64) {
+    // SAFETY: per the function's contract.
+    unsafe {
+        asm!(".set push", ".set noat", "mtc0 {0}, $5, 1", "ehb", ".set pop", in(reg) v, options(nostack, preserves_flags))
+    };
+}
+
+/// Writes PageMask (the page size of later `tlbwi`/`tlbwr`).
+///
+/// # Safety
+/// Later TLB writes use this size; the refill handler relies on 4 KiB.
+#[inline(always)]
+pub unsafe fn set_pagemask(v: u64) {
+    // SAFETY: per the function's contract.
+    unsafe {
+        asm!(".set push", ".set noat", "mtc0 {0}, $5, 0", "ehb", ".set pop", in(reg) v, options(nostack, preserves_flags))
     };
 }
 
@@ -229,6 +336,124 @@ pub mod tlb {
         // SAFETY: per the function's contract.
         unsafe {
             asm!(".set push", ".set noat", "dmtc0 {0}, $10", "ehb", ".set pop", in(reg) v, options(nostack, preserves_flags))
+        };
+    }
+
+    /// Probes the TLB for EntryHi = `hi` (`tlbp`) and returns Index: the
+    /// matching entry, or [`super::index::P`] set when none matched. Leaves
+    /// EntryHi = `hi`.
+    ///
+    /// # Safety
+    /// Changes EntryHi (the current ASID): the caller restores it; runs
+    /// with interrupts off.
+    #[inline(always)]
+    pub unsafe fn probe(hi: u64) -> u64 {
+        let idx: u64;
+        // SAFETY: per the function's contract; `ehb` between the EntryHi
+        // write and `tlbp`, and between `tlbp` and the Index read.
+        unsafe {
+            asm!(
+                ".set push",
+                ".set noat",
+                "dmtc0 {hi}, $10",
+                "ehb",
+                "tlbp",
+                "ehb",
+                "mfc0  {idx}, $0",
+                ".set pop",
+                hi = in(reg) hi,
+                idx = out(reg) idx,
+                options(nostack, preserves_flags),
+            )
+        };
+        idx
+    }
+
+    /// Reads TLB entry `index` (`tlbr`): returns (EntryHi, EntryLo0,
+    /// EntryLo1).
+    ///
+    /// # Safety
+    /// As [`read_entryhi`]: EntryHi (the current ASID) is overwritten.
+    #[inline(always)]
+    pub unsafe fn read(index: u64) -> (u64, u64, u64) {
+        let (hi, lo0, lo1): (u64, u64, u64);
+        // SAFETY: per the function's contract.
+        unsafe {
+            asm!(
+                ".set push",
+                ".set noat",
+                "mtc0  {idx}, $0",
+                "ehb",
+                "tlbr",
+                "ehb",
+                "dmfc0 {hi}, $10",
+                "dmfc0 {lo0}, $2",
+                "dmfc0 {lo1}, $3",
+                ".set pop",
+                idx = in(reg) index,
+                hi = out(reg) hi,
+                lo0 = out(reg) lo0,
+                lo1 = out(reg) lo1,
+                options(nostack, preserves_flags),
+            )
+        };
+        (hi, lo0, lo1)
+    }
+
+    /// Writes EntryHi, EntryLo0/1 into a random replaceable entry (`tlbwr`),
+    /// with the current PageMask.
+    ///
+    /// # Safety
+    /// No entry may already match `hi` (a duplicate is a machine check on
+    /// real hardware); interrupts are off.
+    #[inline(always)]
+    pub unsafe fn write_random(hi: u64, lo0: u64, lo1: u64) {
+        // SAFETY: per the function's contract.
+        unsafe {
+            asm!(
+                ".set push",
+                ".set noat",
+                "dmtc0 {hi}, $10",
+                "dmtc0 {lo0}, $2",
+                "dmtc0 {lo1}, $3",
+                "ehb",
+                "tlbwr",
+                "ehb",
+                ".set pop",
+                hi = in(reg) hi,
+                lo0 = in(reg) lo0,
+                lo1 = in(reg) lo1,
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    /// Writes EntryHi, EntryLo0/1 into entry `index` (`tlbwi`), keeping the
+    /// current PageMask.
+    ///
+    /// # Safety
+    /// As [`write_indexed`].
+    #[inline(always)]
+    pub unsafe fn write_at(index: u64, hi: u64, lo0: u64, lo1: u64) {
+        // SAFETY: per the function's contract.
+        unsafe {
+            asm!(
+                ".set push",
+                ".set noat",
+                "mtc0  {idx}, $0",
+                "dmtc0 {hi}, $10",
+                "dmtc0 {lo0}, $2",
+                "dmtc0 {lo1}, $3",
+                "ehb",
+                "tlbwi",
+                "ehb",
+                ".set pop",
+                idx = in(reg) index,
+                hi = in(reg) hi,
+                lo0 = in(reg) lo0,
+                lo1 = in(reg) lo1,
+                options(nostack, preserves_flags),
+            )
         };
     }
 

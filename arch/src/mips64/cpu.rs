@@ -1,9 +1,11 @@
 //! CPU identification (PRId) and halting.
 
-use core::arch::asm;
+use core::arch::{asm, global_asm};
 use core::fmt;
+use core::sync::atomic::{AtomicBool, Ordering};
 
-use super::cp0;
+use super::cp0::{self, status};
+use super::smp::MAX_CPUS;
 
 /// PRId fields: company (23:16), implementation (15:8), revision (7:0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,4 +139,134 @@ pub fn halt_forever() -> ! {
         // has no other architectural effect.
         unsafe { asm!("wait", options(nomem, nostack, preserves_flags)) };
     }
+}
+
+/// Per CPU: inside [`idle_wait`] (read by the timer interrupt).
+static IDLE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// Whether this CPU is inside [`idle_wait`].
+pub fn in_idle() -> bool {
+    IDLE[cp0::cpu_num() as usize % MAX_CPUS].load(Ordering::Relaxed)
+}
+
+/// Idles until the next interrupt: enables interrupts, `wait`s, and
+/// disables them again after the interrupt (the timer tick, reported to the
+/// kernel as [`super::trap::TickFrom::Idle`]) was handled.
+///
+/// An interrupt that arrives after interrupts are enabled but before the
+/// `wait` would leave the `wait` sleeping until the next one; the
+/// interrupt handler therefore moves an EPC that points at the `wait` past
+/// it ([`skip_wait`]), so that interrupt ends the idle period like any other
+/// (Linux's `__r4k_wait` rollback does the same with a region). There are no
+/// IPIs: the kernel's wake-ups reach an idle CPU at its next tick.
+pub fn idle_wait() {
+    let cpu = cp0::cpu_num() as usize % MAX_CPUS;
+    // Relaxed: read by this CPU's own interrupt handler only.
+    IDLE[cpu].store(true, Ordering::Relaxed);
+    // SAFETY: enabling interrupts here is the kernel's rule (idle and user
+    // mode only); the timer handler runs on this stack and returns into
+    // `samara_mips_idle`, which clears IE again before it returns.
+    unsafe { samara_mips_idle() };
+    IDLE[cpu].store(false, Ordering::Relaxed);
+}
+
+global_asm!(
+    r#"
+    .text
+    .set push
+    .set noreorder
+    .set noat
+    .globl samara_mips_idle
+    .type samara_mips_idle, @function
+samara_mips_idle:
+    mfc0    $t0, $12
+    ori     $t0, $t0, {ie}
+    mtc0    $t0, $12                    # interrupts on
+    ehb
+    .globl samara_mips_idle_wait
+samara_mips_idle_wait:
+    wait
+    mfc0    $t0, $12
+    ori     $t0, $t0, {ie}
+    xori    $t0, $t0, {ie}
+    mtc0    $t0, $12                    # interrupts off
+    jr.hb   $ra
+    nop
+    .size samara_mips_idle, . - samara_mips_idle
+    .set pop
+"#,
+    ie = const status::IE,
+);
+
+unsafe extern "C" {
+    /// Enables interrupts, `wait`s, disables them; clobbers only t0.
+    fn samara_mips_idle();
+    static samara_mips_idle_wait: u8;
+}
+
+/// How soon a CPU in [`relax_wait`] looks again: every 50 us.
+const RELAX_WAKE_PER_SECOND: u64 = 20_000;
+
+/// Per CPU: inside [`relax_wait`] (read by the timer interrupt).
+static RELAX: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// Whether this CPU is inside [`relax_wait`].
+pub fn in_relax() -> bool {
+    RELAX[cp0::cpu_num() as usize % MAX_CPUS].load(Ordering::Relaxed)
+}
+
+/// Waits for the next timer interrupt from inside a kernel spin loop,
+/// yielding the emulator meanwhile (see `board::YIELD_WHEN_SPINNING`):
+/// interrupts are enabled around the `wait`, but the interrupt handler,
+/// seeing [`in_relax`], only acknowledges the timer — it runs no kernel
+/// code, so whatever the spinning code holds is never re-entered, and the
+/// kernel's interrupt rule holds for everything but that handler. A no-op
+/// until this CPU's timer runs (nothing would end the `wait`).
+pub fn relax_wait() {
+    if !super::timer::started() {
+        return;
+    }
+    // Wake up soon rather than at the next tick: handoffs between vCPUs
+    // (a lock released, a request answered) are then not rounded up to a
+    // whole tick, which lets a lock's waiters starve behind a busy writer.
+    super::timer::wake_within(super::smp::count_hz() / RELAX_WAKE_PER_SECOND);
+    let cpu = cp0::cpu_num() as usize % MAX_CPUS;
+    // Relaxed: read by this CPU's own interrupt handler only.
+    RELAX[cpu].store(true, Ordering::Relaxed);
+    // SAFETY: interrupts on for the `wait` only; the handler does nothing
+    // but acknowledge the timer while RELAX is set (see above).
+    unsafe { samara_mips_idle() };
+    RELAX[cpu].store(false, Ordering::Relaxed);
+}
+
+/// Called by the interrupt handler for an interrupt taken in idle: if it
+/// interrupted [`idle_wait`] just before its `wait`, resume after it.
+pub fn skip_wait(epc: &mut u64) {
+    if *epc == (&raw const samara_mips_idle_wait) as u64 {
+        *epc += 4;
+    }
+}
+
+/// Makes `len` bytes of instructions just written at `addr` (a kernel
+/// address: XKPHYS or CKSEG0) visible to instruction fetch on every CPU:
+/// `synci` on each line (MIPS r2; Octeon's caches keep the rest coherent),
+/// then `sync`. QEMU models no caches; real Octeons need this before user
+/// code copied by the kernel runs.
+pub fn sync_icache(addr: u64, len: u64) {
+    let step: u64;
+    // SAFETY: `rdhwr $1` (SYNCI_Step) is always allowed in kernel mode.
+    unsafe {
+        asm!(".set push", ".set mips64r2", "rdhwr {0}, $1", ".set pop", out(reg) step, options(nomem, nostack, preserves_flags))
+    };
+    if step != 0 {
+        let mut a = addr & !(step - 1);
+        while a < addr + len {
+            // SAFETY: `synci` only writes back and invalidates cache lines
+            // of an address the kernel may access.
+            unsafe { asm!("synci 0({0})", in(reg) a, options(nostack, preserves_flags)) };
+            a += step;
+        }
+    }
+    // SAFETY: a full barrier; no other effect.
+    unsafe { asm!("sync", options(nostack, preserves_flags)) };
 }

@@ -98,10 +98,15 @@ samara_mips_park:
     dla     $t1, samara_mips_park_vectors
     mtc0    $t1, $15, 1
     ehb
-    mfc0    $t1, $9                     # Count
+7:  mfc0    $t1, $9                     # Count
     li      $t3, {park_tick}
     addu    $t1, $t1, $t3
     mtc0    $t1, $11                    # Compare = Count + PARK_TICK
+    ehb
+    mfc0    $t3, $9
+    subu    $t3, $t1, $t3               # Compare - Count, 32-bit signed
+    blez    $t3, 7b                     # already passed: no tick for 2^32
+    nop
     mfc0    $t1, $12
     li      $t3, {bev_clear}
     and     $t1, $t1, $t3
@@ -142,7 +147,9 @@ samara_mips_park:
     .size samara_mips_park, . - samara_mips_park
 
 # Parking vectors: EBase of parked CPUs. Only the timer interrupt is enabled;
-# re-arm Compare (which clears it) and return to the polling loop.
+# re-arm Compare (which clears it), making sure Count has not already passed
+# it (a CPU held up between the two would wait a whole 2^32-tick wrap), and
+# return to the polling loop.
     .section .text.vectors.park, "ax"
     .balign 4096
     .globl samara_mips_park_vectors
@@ -157,11 +164,15 @@ samara_mips_park_vectors:
     b       samara_mips_park_dead
     nop
     .org 0x180
-    mfc0    $k0, $9
+12: mfc0    $k0, $9
     li      $k1, {park_tick}
     addu    $k0, $k0, $k1
     mtc0    $k0, $11
     ehb
+    mfc0    $k1, $9
+    subu    $k1, $k0, $k1               # Compare - Count, 32-bit signed
+    blez    $k1, 12b                    # already passed: re-arm
+    nop
     eret
     .org 0x200
     b       samara_mips_park_dead

@@ -27,7 +27,7 @@
 //! Both statics live in `.data`, not `.bss`: secondaries use them while the
 //! boot CPU is still clearing BSS.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use super::cp0;
 
@@ -161,4 +161,142 @@ pub unsafe fn start_secondary(
     // the parked CPU executes after it sees `pc != 0` (entry.rs).
     slot.pc.store(entry as usize as u64, Ordering::Release);
     Ok(())
+}
+
+/// CPUs numbered for the kernel: logical 0 is the boot CPU, the others
+/// follow in EBase.CPUNum order. `PHYS_OF[logical]` is the CPUNum.
+static PHYS_OF: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
+/// How many CPUs the kernel may use (boot CPU included); 1 until
+/// [`number_cpus`] ran.
+static CPU_COUNT: AtomicUsize = AtomicUsize::new(1);
+
+/// Numbers the boot CPU (`boot`, its CPUNum) and the parked CPUs in
+/// `parked` for the kernel, and makes this the boot CPU's logical number 0.
+/// Called once by the board's boot code after the CPUs parked. Returns the
+/// count.
+pub fn number_cpus(boot: u32, parked: u64) -> usize {
+    PHYS_OF[0].store(boot, Ordering::Relaxed);
+    let mut n = 1;
+    let mut m = parked & !(1u64.checked_shl(boot).unwrap_or(0));
+    while m != 0 && n < MAX_CPUS {
+        let c = m.trailing_zeros();
+        m &= m - 1;
+        PHYS_OF[n].store(c, Ordering::Relaxed);
+        n += 1;
+    }
+    CPU_COUNT.store(n, Ordering::Relaxed);
+    cp0::set_kscratch_cpu(0);
+    n
+}
+
+/// This CPU's logical number (0 for the boot CPU, dense up to
+/// [`cpu_count`]): KScratch3, set before the CPU runs kernel code.
+#[inline(always)]
+pub fn this_cpu() -> usize {
+    cp0::kscratch_cpu() as usize
+}
+
+/// CPUs the kernel may use, the boot CPU included.
+pub fn cpu_count() -> usize {
+    CPU_COUNT.load(Ordering::Relaxed)
+}
+
+/// The logical number of the CPU whose EBase.CPUNum is `phys`, if it has
+/// one.
+pub fn logical_of(phys: u32) -> Option<usize> {
+    (0..cpu_count()).find(|&l| PHYS_OF[l].load(Ordering::Relaxed) == phys)
+}
+
+/// The EBase.CPUNum of logical CPU `logical`.
+pub fn phys_of(logical: usize) -> u32 {
+    PHYS_OF[logical % MAX_CPUS].load(Ordering::Relaxed)
+}
+
+/// Count register ticks per second (QEMU Malta: 160 MHz, half its 320 MHz
+/// clock; Octeon: the core clock from the boot descriptor). Set by the
+/// board's boot code.
+static COUNT_HZ: AtomicU64 = AtomicU64::new(160_000_000);
+
+/// Records the Count rate (board boot code).
+pub fn set_count_hz(hz: u64) {
+    if hz != 0 {
+        COUNT_HZ.store(hz, Ordering::Relaxed);
+    }
+}
+
+/// Count register ticks per second.
+pub fn count_hz() -> u64 {
+    COUNT_HZ.load(Ordering::Relaxed)
+}
+
+/// Bytes of each secondary CPU's boot stack (its idle loop runs on it).
+#[cfg(samara_tasks)]
+const SECONDARY_STACK: usize = 32 * 1024;
+
+/// Set by each secondary once its arch set-up is done (indexed by logical
+/// number); Release there, Acquire in [`start_secondaries`].
+#[cfg(samara_tasks)]
+static ONLINE: [core::sync::atomic::AtomicBool; MAX_CPUS] =
+    [const { core::sync::atomic::AtomicBool::new(false) }; MAX_CPUS];
+
+/// Releases every other CPU (logical 1..[`cpu_count`]) from its parking
+/// loop onto a fresh stack from the kernel heap: each runs its arch set-up
+/// ([`super::init_cpu`]: vectors, TLB, logical number) and calls
+/// `samara_secondary_main(cpu)`; the tick is the kernel's to start. Returns
+/// how many CPUs run (the boot CPU included); a CPU that does not come up
+/// within a second ends the count there.
+#[cfg(samara_tasks)]
+pub fn start_secondaries() -> usize {
+    use alloc::alloc::{alloc_zeroed, Layout};
+    let n = cpu_count();
+    for (cpu, online) in ONLINE.iter().enumerate().take(n).skip(1) {
+        let layout = Layout::from_size_align(SECONDARY_STACK, 16).expect("a valid layout");
+        // SAFETY: a non-zero-sized layout.
+        let stack = unsafe { alloc_zeroed(layout) };
+        if stack.is_null() {
+            CPU_COUNT.store(cpu, Ordering::Relaxed);
+            return cpu;
+        }
+        let top = stack as u64 + SECONDARY_STACK as u64;
+        // SAFETY: the stack is this CPU's alone, never freed; the entry
+        // never returns.
+        let r = unsafe { start_secondary(phys_of(cpu), secondary_entry, top, cpu as u64) };
+        let deadline = super::timer::cycles() + count_hz();
+        // Acquire pairs with the Release store in `secondary_entry`.
+        while r.is_ok() && !online.load(Ordering::Acquire) {
+            if super::timer::cycles() > deadline {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        if r.is_err() || !online.load(Ordering::Acquire) {
+            crate::write_display(
+                super::console::write_bytes,
+                &format_args!(
+                    "samara: CPU {cpu} (CPUNum {}) did not start; running with {cpu} CPU(s)\n",
+                    phys_of(cpu)
+                ),
+            );
+            CPU_COUNT.store(cpu, Ordering::Relaxed);
+            return cpu;
+        }
+    }
+    n
+}
+
+/// A secondary's first Rust code, on its own stack, `arg` = its logical
+/// number.
+#[cfg(samara_tasks)]
+extern "C" fn secondary_entry(arg: u64, _cpunum: u64) -> ! {
+    if let Err(e) = super::init_cpu() {
+        crate::write_display(
+            super::console::write_bytes,
+            &format_args!("samara: CPU {arg}: {e}; halting it\n"),
+        );
+        super::cpu::halt_forever();
+    }
+    cp0::set_kscratch_cpu(arg);
+    // Release pairs with the Acquire load in `start_secondaries`.
+    ONLINE[arg as usize].store(true, Ordering::Release);
+    crate::hooks::secondary_main(arg as usize)
 }

@@ -10,3 +10,8 @@ pub fn wait_for_interrupt() {
     // kernel's interrupt rule requires.
     unsafe { core::arch::asm!("sti", "hlt", "cli", options(nostack)) };
 }
+
+/// Nothing: a spinning CPU just spins (the caller's `spin_loop` hint is
+/// enough; every CPU runs in parallel, also under TCG, which is
+/// multi-threaded for x86_64 guests).
+pub fn relax() {}

@@ -258,3 +258,8 @@ impl fmt::Display for Description {
         )
     }
 }
+
+/// Pages without `EXEC` cannot be executed: NX is always on.
+pub fn exec_protection() -> bool {
+    true
+}

@@ -198,6 +198,9 @@ pub struct Stats {
     pub fault_cycles_count: u64,
     /// The cycle counter's frequency (TSC, CP0 Count), Hz.
     pub cycles_per_second: u64,
+    /// 1 if the MMU enforces `PROT_EXEC` (x86_64 NX; MIPS RI/XI, which
+    /// QEMU's Octeon68XX lacks), 0 if data pages are executable anyway.
+    pub exec_protection: u64,
 }
 
 #[cfg(test)]

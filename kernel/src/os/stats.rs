@@ -20,6 +20,7 @@ pub fn collect() -> Stats {
         per_vma_lock: u64::from(super::per_vma_lock()),
         remote_flushes: mem::shootdown().stats().remote_flushes,
         cycles_per_second: arch::timer::cycles_per_second(),
+        exec_protection: u64::from(arch::mmu::exec_protection()),
         ..Stats::default()
     };
     for c in (0..ncpu).map(sched::cpu) {

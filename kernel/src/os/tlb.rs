@@ -64,9 +64,12 @@ pub fn service() {
     }
 }
 
-/// The relax hook `mm` calls in every spin loop.
+/// The relax hook `mm` calls in every spin loop: answer requests, then let
+/// the arch relax (`arch::irq::relax`: on QEMU's Malta, yield the
+/// round-robin emulator to the vCPU being waited for).
 pub fn spin_hook() {
     service();
+    arch::irq::relax();
 }
 
 /// Leaves any user address space on this CPU (before the current task's

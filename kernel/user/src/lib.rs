@@ -5,6 +5,7 @@
 //! [`entry!`]; the kernel starts it at `_start(arg0, arg1)` with the two
 //! words the workload passes (see `kernel/src/os/workload.rs`).
 #![no_std]
+#![cfg_attr(target_arch = "mips64", feature(asm_experimental_arch))]
 
 use core::fmt::{self, Write};
 
@@ -34,7 +35,27 @@ pub mod sys {
         ret
     }
 
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "mips64")]
+    #[inline(always)]
+    pub fn call(nr: u64, a: [u64; 6]) -> u64 {
+        let ret: u64;
+        // SAFETY: the syscall ABI (samara_abi; n64 registers, see the
+        // kernel's arch/src/mips64/task.rs): number in v0, arguments in
+        // a0..a5, result in v0, every other register preserved; the kernel
+        // touches our memory only through the pointers we pass.
+        unsafe {
+            core::arch::asm!(
+                "syscall",
+                inlateout("$2") nr => ret,
+                in("$4") a[0], in("$5") a[1], in("$6") a[2],
+                in("$7") a[3], in("$8") a[4], in("$9") a[5],
+                options(nostack)
+            );
+        }
+        ret
+    }
+
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "mips64")))]
     compile_error!("samara-user: add this architecture's `syscall` sequence to sys::call");
 }
 

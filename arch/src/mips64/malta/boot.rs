@@ -8,7 +8,7 @@ use spin::Once;
 
 use crate::imp::console::{self, arch_println};
 use crate::imp::paging::{self, CKSEG0};
-use crate::imp::{exit, smp, tlb, uhi};
+use crate::imp::{exit, smp, uhi};
 use crate::ExitStatus;
 
 /// Physical memory below `limit`, read through CKSEG0 (unmapped, so a read
@@ -62,8 +62,14 @@ extern "C" fn samara_mips_boot(a0: u64, a1: u64, a2: u64, a3: u64) -> ! {
     // a0 = -1 is QEMU's sign that a UHI host is present (-semihosting); only
     // then may `sdbbp` be used, to exit or to ask for the arguments.
     uhi::set_present(a0 as i64 == -1);
-    tlb::init();
-    let cpus = smp::count_cpus(CPU_COUNT_STABLE, CPU_COUNT_LIMIT);
+    if let Err(e) = crate::imp::init_cpu() {
+        arch_println!("\nmips64: this CPU's MMU cannot run Samara: {e}");
+        arch_println!("samara: result: fail: unsupported MMU");
+        exit::exit_qemu(ExitStatus::Failure);
+    }
+    smp::count_cpus(CPU_COUNT_STABLE, CPU_COUNT_LIMIT);
+    let cpus = smp::number_cpus(0, smp::present_mask()) as u32;
+    init_asids(cpus as usize);
     let kernel = paging::kernel_phys_extent();
     let mem = LowRam {
         limit: ram_limit(a3, kernel.1),
@@ -80,4 +86,13 @@ extern "C" fn samara_mips_boot(a0: u64, a1: u64, a2: u64, a3: u64) -> ! {
         }
     };
     crate::enter_kernel(BOOT_INFO.call_once(|| info))
+}
+
+/// Sizes the ASID tables for the CPUs found (`mmu::init`).
+fn init_asids(cpus: usize) {
+    if let Err(e) = crate::imp::mmu::init(cpus) {
+        arch_println!("\nmips64: cannot set up ASIDs: {e}");
+        arch_println!("samara: result: fail: unsupported MMU");
+        exit::exit_qemu(ExitStatus::Failure);
+    }
 }

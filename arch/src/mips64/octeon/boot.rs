@@ -11,7 +11,7 @@ use spin::Once;
 use crate::imp::console::{self, arch_println};
 use crate::imp::cp0;
 use crate::imp::paging::{self, XKPHYS_CACHED};
-use crate::imp::{exit, smp, tlb};
+use crate::imp::{exit, smp};
 use crate::ExitStatus;
 
 /// Physical memory read through XKPHYS (unmapped, cached, coherent). Only
@@ -60,7 +60,11 @@ const PARK_WAIT_LIMIT: u64 = 1 << 30;
 #[unsafe(no_mangle)]
 extern "C" fn samara_mips_boot(a0: u64, a1: u64, a2: u64, a3: u64) -> ! {
     console::init();
-    tlb::init();
+    if let Err(e) = crate::imp::init_cpu() {
+        arch_println!("\nmips64: this CPU's MMU cannot run Samara: {e}");
+        arch_println!("samara: result: fail: unsupported MMU");
+        exit::exit_qemu(ExitStatus::Failure);
+    }
     let kernel = paging::kernel_phys_extent();
     let boot_core = cp0::cpu_num();
     let regs = EntryRegs { a0, a1, a2, a3 };
@@ -89,5 +93,17 @@ extern "C" fn samara_mips_boot(a0: u64, a1: u64, a2: u64, a3: u64) -> ! {
             parked & !others
         );
     }
+    smp::set_count_hz(u64::from(oct.eclock_hz));
+    let cpus = smp::number_cpus(boot_core, parked);
+    init_asids(cpus);
     crate::enter_kernel(BOOT_INFO.call_once(|| info))
+}
+
+/// Sizes the ASID tables for the CPUs found (`mmu::init`).
+fn init_asids(cpus: usize) {
+    if let Err(e) = crate::imp::mmu::init(cpus) {
+        arch_println!("\nmips64: cannot set up ASIDs: {e}");
+        arch_println!("samara: result: fail: unsupported MMU");
+        exit::exit_qemu(ExitStatus::Failure);
+    }
 }

@@ -31,3 +31,8 @@ pub(crate) use park_unless_boot_cpu;
 /// to.
 pub const NO_EXIT: &str =
     "halting (reset the board to return to U-Boot; `cargo xtask flash` reads the exit marker)";
+
+/// Whether a CPU spinning in the kernel should yield with `wait`
+/// (`irq::relax`): no, the cores run in parallel and a `wait` would add up
+/// to a tick of latency to every spin.
+pub const YIELD_WHEN_SPINNING: bool = false;
