@@ -1,0 +1,1033 @@
+//! The in-guest half of `cargo xtask bench`: boots Samara's `faultstorm`
+//! workload (per-VMA locks and mmap lock only) and the Linux anchor in the
+//! same QEMU machine, interleaved (Samara per-VMA, Samara mmap lock, Linux,
+//! for each CPU count, then again for each repetition) so that drift in
+//! the host's load hits all three alike, and turns their summary lines into
+//! report rows and the plot.
+//!
+//! Accelerator: KVM when usable, else TCG, for Samara and Linux alike. One
+//! exception is decided here, not silently: when /dev/kvm is served by
+//! `kvm_pvm` (PVM, a page-table-based nested hypervisor), guests that are
+//! not PVM-aware run largely through its instruction emulator, and a stock
+//! Linux kernel dies there (emulation failures on SHLX in the zstd
+//! decompressor, on CMPXCHG16B and XRSTOR in early boot; with those CPU
+//! features masked it needs ~40 s to reach the slab allocator). The
+//! Samara-vs-Linux comparison then runs under TCG, and Samara alone is also
+//! measured under KVM, in a section of its own without Linux ratios.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::bench::{Better, Estimate, Row, Status};
+use crate::bench_guest::{FaultStorm, GuestResults, OpLoop};
+use crate::bench_linux::{self, LinuxKernel};
+use crate::bench_plot::{Point, Series};
+use crate::build::KernelConfig;
+use crate::qemu::{self, Accel, AccelChoice, Machine, Outcome, RunSpec};
+use crate::{Arch, Board, Error, Result};
+
+/// CPU counts of the comparison.
+pub const CPUS: [u32; 3] = [1, 2, 4];
+/// CPU counts of the functional scaling check (TCG).
+pub const SCALING_CPUS: [u32; 2] = [8, 16];
+
+/// What the guest part was asked to do.
+#[derive(Debug, Clone)]
+pub struct GuestOptions {
+    pub quick: bool,
+    pub reps: u32,
+    pub mem: String,
+    pub accel: AccelChoice,
+    pub arches: Vec<Arch>,
+    pub samara: bool,
+    pub linux: bool,
+    pub scaling: bool,
+    pub linux_kernel: Option<PathBuf>,
+    pub out_dir: PathBuf,
+}
+
+/// Rows, notes and plot data.
+pub struct GuestOutcome {
+    pub rows: Vec<Row>,
+    pub notes: Vec<String>,
+    pub series: Vec<Series>,
+    pub plot_title: String,
+}
+
+/// A system under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum System {
+    SamaraPvl,
+    SamaraMmapLock,
+    Linux,
+}
+
+impl System {
+    fn label(self) -> &'static str {
+        match self {
+            System::SamaraPvl => "Samara, per-VMA locks",
+            System::SamaraMmapLock => "Samara, mmap lock only",
+            System::Linux => "Linux",
+        }
+    }
+
+    fn slug(self) -> &'static str {
+        match self {
+            System::SamaraPvl => "samara-pvl",
+            System::SamaraMmapLock => "samara-nopvl",
+            System::Linux => "linux",
+        }
+    }
+
+    fn per_vma_lock(self) -> bool {
+        self == System::SamaraPvl
+    }
+}
+
+const SAMARA: [System; 2] = [System::SamaraPvl, System::SamaraMmapLock];
+
+fn accel_name(a: Accel) -> &'static str {
+    match a {
+        Accel::Kvm => "KVM",
+        Accel::Tcg => "TCG",
+    }
+}
+
+/// Where the comparison runs, and why.
+struct AccelPlan {
+    compare: Accel,
+    why: String,
+    /// Also measure Samara alone under KVM (KVM usable but not for Linux).
+    samara_kvm_alone: bool,
+}
+
+fn plan_accel(arch: Arch, choice: AccelChoice, linux: bool) -> Result<AccelPlan> {
+    let (accel, why) = qemu::choose_accel(arch, choice)?;
+    let module = crate::bench::kvm_module();
+    if accel == Accel::Kvm
+        && choice == AccelChoice::Auto
+        && linux
+        && module.as_deref() == Some("kvm_pvm")
+    {
+        return Ok(AccelPlan {
+            compare: Accel::Tcg,
+            why: "TCG: /dev/kvm here is kvm_pvm (PVM, nested, page-table based), under which \
+                  a stock Linux kernel cannot boot (PVM's instruction emulator fails on SHLX, \
+                  CMPXCHG16B and XRSTOR in early boot); Samara and Linux are therefore compared \
+                  under TCG, and Samara alone is also measured under KVM (PVM)"
+                .into(),
+            samara_kvm_alone: true,
+        });
+    }
+    let mut why = why.to_string();
+    if accel == Accel::Kvm {
+        if let Some(m) = module {
+            why.push_str(&format!(", module {m}"));
+        }
+    }
+    Ok(AccelPlan {
+        compare: accel,
+        why,
+        samara_kvm_alone: false,
+    })
+}
+
+/// Everything measured for one accelerator and architecture.
+#[derive(Default)]
+struct Runs {
+    results: BTreeMap<(System, u32), Vec<GuestResults>>,
+    /// Why a system has no (or fewer) results.
+    status: BTreeMap<System, Status>,
+}
+
+impl Runs {
+    fn get(&self, s: System, cpus: u32) -> &[GuestResults] {
+        self.results.get(&(s, cpus)).map_or(&[], Vec::as_slice)
+    }
+
+    fn status(&self, s: System) -> Status {
+        self.status.get(&s).cloned().unwrap_or(Status::Measured)
+    }
+}
+
+/// Samara kernels (release builds), built on first use.
+struct Kernels {
+    arch: Arch,
+    images: BTreeMap<bool, std::result::Result<PathBuf, String>>,
+}
+
+impl Kernels {
+    fn image(&mut self, per_vma_lock: bool) -> std::result::Result<PathBuf, String> {
+        let arch = self.arch;
+        self.images
+            .entry(per_vma_lock)
+            .or_insert_with(|| {
+                let c = KernelConfig {
+                    arch,
+                    board: Board::Malta,
+                    release: true,
+                    per_vma_lock,
+                };
+                println!("xtask: building kernel ({})", c.describe());
+                c.build(true).map_err(|e| e.to_string())
+            })
+            .clone()
+    }
+}
+
+fn timeout(accel: Accel, cpus: u32) -> Duration {
+    match accel {
+        Accel::Kvm => Duration::from_secs(180),
+        Accel::Tcg => Duration::from_secs(240 + 30 * u64::from(cpus)),
+    }
+}
+
+/// Boots Samara with `workload=faultstorm`.
+fn boot_samara(
+    arch: Arch,
+    image: &Path,
+    system: System,
+    machine: &Machine,
+    log: PathBuf,
+) -> std::result::Result<GuestResults, Status> {
+    let args = if system.per_vma_lock() {
+        "workload=faultstorm per_vma_lock=on"
+    } else {
+        "workload=faultstorm"
+    };
+    let t = timeout(machine.accel, machine.smp);
+    let report = qemu::run(&RunSpec {
+        arch,
+        image,
+        kernel_args: args,
+        machine,
+        log,
+        timeout: Some(t),
+        echo: false,
+    })
+    .map_err(|e| Status::Failed(e.to_string()))?;
+    let log = report.log.display().to_string();
+    if report
+        .output
+        .lines()
+        .any(|l| l.contains("bad kernel command line") && l.contains("workload"))
+    {
+        return Err(Status::Pending(
+            "this kernel has no `workload=faultstorm` yet (issue 6: branches kx86, kmips)".into(),
+        ));
+    }
+    if report.outcome != Outcome::Pass {
+        return Err(Status::Failed(format!(
+            "{} (serial log {log})",
+            report.outcome.describe(Some(t))
+        )));
+    }
+    let r = GuestResults::from_output(&report.output)
+        .map_err(|e| Status::Failed(format!("{e} (serial log {log})")))?;
+    let Some(fs) = &r.faultstorm else {
+        return Err(Status::Failed(format!(
+            "the kernel printed no `samara: bench: faultstorm` line (format: BENCHMARKS.md, \
+             \"Summary lines\"; serial log {log})"
+        )));
+    };
+    if fs.per_vma_lock != Some(system.per_vma_lock()) {
+        return Err(Status::Failed(format!(
+            "faultstorm reported pvl={:?} but was booted for {} (serial log {log})",
+            fs.per_vma_lock,
+            system.label()
+        )));
+    }
+    Ok(r)
+}
+
+/// The anchor's parameters: Samara's own, read from its lines of the same
+/// round, so both do the same work; defaults sized for `accel` otherwise.
+fn anchor_params(samara: Option<&GuestResults>, accel: Accel) -> Vec<(String, String)> {
+    let mut p: Vec<(String, String)> = Vec::new();
+    let mut put = |k: &str, v: u64| p.push((k.to_string(), v.to_string()));
+    let fs = samara.and_then(|r| r.faultstorm.as_ref());
+    let mm = samara.and_then(|r| r.mmap_loop.as_ref());
+    let fk = samara.and_then(|r| r.fork_loop.as_ref());
+    let kvm = accel == Accel::Kvm;
+    match fs {
+        Some(f) => {
+            put("threads", f.threads);
+            put("pages", f.pages);
+            put("rounds", f.rounds);
+            put("mapper_pages", f.mapper_pages);
+        }
+        None => {
+            put("pages", 1024);
+            put("rounds", if kvm { 64 } else { 8 });
+            put("mapper_pages", 4);
+        }
+    }
+    match mm {
+        Some(m) => {
+            put("mmap_ops", m.ops);
+            put("mmap_pages", m.pages);
+        }
+        None => {
+            put("mmap_ops", if kvm { 100_000 } else { 10_000 });
+            put("mmap_pages", 4);
+        }
+    }
+    match fk {
+        Some(f) => {
+            put("fork_ops", f.ops);
+            put("fork_pages", f.pages);
+        }
+        None => {
+            put("fork_ops", if kvm { 2_000 } else { 200 });
+            put("fork_pages", 64);
+        }
+    }
+    p
+}
+
+/// The Linux kernel and initramfs, prepared once.
+struct Anchor {
+    kernel: LinuxKernel,
+    initramfs: PathBuf,
+}
+
+fn prepare_anchor(o: &GuestOptions) -> Result<Anchor> {
+    let kernel = bench_linux::kernel(o.linux_kernel.as_deref())?;
+    println!("xtask: Linux anchor: {}", kernel.describe());
+    let exe = bench_linux::build_anchor()?;
+    let bytes = std::fs::read(&exe)
+        .map_err(|e| Error::new(format!("cannot read {}: {e}", exe.display())))?;
+    let cpio = bench_linux::initramfs(&bytes)?;
+    let initramfs = o.out_dir.join("linux-initramfs.cpio");
+    std::fs::write(&initramfs, cpio)
+        .map_err(|e| Error::new(format!("cannot write {}: {e}", initramfs.display())))?;
+    Ok(Anchor { kernel, initramfs })
+}
+
+fn summary(r: &GuestResults) -> String {
+    let mut parts = Vec::new();
+    if let Some(f) = &r.faultstorm {
+        parts.push(format!(
+            "{}/s faults",
+            crate::bench_plot::human(f.faults_per_sec())
+        ));
+    }
+    if let Some(m) = &r.mmap_loop {
+        parts.push(format!("mmap+munmap {:.0} cycles", m.cycles_per_op()));
+    }
+    if let Some(f) = &r.fork_loop {
+        parts.push(format!("fork+exit {:.0} cycles", f.cycles_per_op()));
+    }
+    parts.join(", ")
+}
+
+/// Boots every system at every CPU count `reps` times under `accel`.
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    o: &GuestOptions,
+    arch: Arch,
+    accel: Accel,
+    cpu_counts: &[u32],
+    systems: &[System],
+    reps: u32,
+    kernels: &mut Kernels,
+    anchor: &mut Option<std::result::Result<Anchor, String>>,
+    mitigations: &mut Vec<String>,
+) -> Runs {
+    let mut runs = Runs::default();
+    let total = reps as usize * cpu_counts.len() * systems.len();
+    let mut n = 0;
+    for rep in 0..reps {
+        for &cpus in cpu_counts {
+            let machine = Machine {
+                smp: cpus,
+                mem: o.mem.clone(),
+                accel,
+                gdb: false,
+            };
+            let mut samara_pvl_this_round: Option<GuestResults> = None;
+            for &sys in systems {
+                n += 1;
+                if runs.status(sys) != Status::Measured {
+                    continue; // pending or broken: do not boot it again
+                }
+                let log = o.out_dir.join("logs").join(format!(
+                    "{arch}-{}-{}-{cpus}cpu-{}.log",
+                    accel_name(accel).to_lowercase(),
+                    sys.slug(),
+                    rep + 1
+                ));
+                let what = format!(
+                    "[{n}/{total}] {arch} {}, {}, {cpus} CPU(s)",
+                    accel_name(accel),
+                    sys.label()
+                );
+                let result = match sys {
+                    System::SamaraPvl | System::SamaraMmapLock => kernels
+                        .image(sys.per_vma_lock())
+                        .map_err(|e| Status::Failed(format!("kernel build: {e}")))
+                        .and_then(|img| boot_samara(arch, &img, sys, &machine, log)),
+                    System::Linux => {
+                        let a = anchor
+                            .get_or_insert_with(|| prepare_anchor(o).map_err(|e| e.to_string()));
+                        match a {
+                            Err(e) => Err(Status::Failed(e.clone())),
+                            Ok(a) => {
+                                let params = anchor_params(samara_pvl_this_round.as_ref(), accel);
+                                bench_linux::run(
+                                    &a.kernel,
+                                    &a.initramfs,
+                                    &machine,
+                                    &params,
+                                    log,
+                                    timeout(accel, cpus),
+                                )
+                                .map(|run| {
+                                    if mitigations.is_empty() {
+                                        *mitigations = mitigations_of(&run.output);
+                                    }
+                                    run.results
+                                })
+                                .map_err(|e| Status::Failed(e.to_string()))
+                            }
+                        }
+                    }
+                };
+                match result {
+                    Ok(r) => {
+                        println!("xtask: {what}: {}", summary(&r));
+                        if sys == System::SamaraPvl {
+                            samara_pvl_this_round = Some(r.clone());
+                        }
+                        runs.results.entry((sys, cpus)).or_default().push(r);
+                    }
+                    Err(s) => {
+                        match &s {
+                            Status::Pending(w) => println!("xtask: {what}: pending: {w}"),
+                            Status::Failed(w) => println!("xtask: {what}: FAILED: {w}"),
+                            Status::Measured => {}
+                        }
+                        runs.status.insert(sys, s);
+                    }
+                }
+            }
+        }
+    }
+    runs
+}
+
+/// Linux's mitigations that are in force (not "Not affected"), from the
+/// anchor's log lines.
+fn mitigations_of(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(|l| {
+            l.trim_end_matches('\r')
+                .strip_prefix("linux-anchor: vulnerability ")
+        })
+        .filter(|l| !l.ends_with("Not affected"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Median/min/max of `f` over the runs that have it.
+fn stat(runs: &[GuestResults], f: impl Fn(&GuestResults) -> Option<f64>) -> Option<Estimate> {
+    let v: Vec<f64> = runs.iter().filter_map(f).collect();
+    Estimate::of_runs(&v)
+}
+
+/// The run with the median faults/s (its counters go into the report).
+fn median_storm(runs: &[GuestResults]) -> Option<&FaultStorm> {
+    let mut v: Vec<&FaultStorm> = runs.iter().filter_map(|r| r.faultstorm.as_ref()).collect();
+    v.sort_by(|a, b| a.faults_per_sec().total_cmp(&b.faults_per_sec()));
+    v.get(v.len().saturating_sub(1) / 2).copied()
+}
+
+/// The status of a figure that is missing although its system ran.
+fn missing(runs: &Runs, s: System, what: &str) -> Status {
+    match runs.status(s) {
+        Status::Measured if runs.results.keys().any(|(sys, _)| *sys == s) => {
+            Status::Pending(format!("{} printed no `{what}` line", s.label()))
+        }
+        Status::Measured => Status::Pending(format!("{} not run (--only)", s.label())),
+        other => other,
+    }
+}
+
+/// A Samara row against a Linux baseline (when Linux ran).
+#[allow(clippy::too_many_arguments)]
+fn versus_linux(
+    section: &str,
+    name: &str,
+    unit: &'static str,
+    better: Better,
+    accel: Accel,
+    runs: &Runs,
+    sys: System,
+    cpus: u32,
+    with_linux: bool,
+    what: &str,
+    f: impl Fn(&GuestResults) -> Option<f64> + Copy,
+) -> Row {
+    let fig = stat(runs.get(sys, cpus), f);
+    let base = with_linux.then(|| {
+        let label = System::Linux.label().to_string();
+        (label, stat(runs.get(System::Linux, cpus), f))
+    });
+    let mut row = Row::new(section, name, unit, better, accel_name(accel)).with(fig, base);
+    if fig.is_none() {
+        row = row.status(missing(runs, sys, what));
+    } else if with_linux && row.baseline.as_ref().is_some_and(|(_, b)| b.is_none()) {
+        row = row.note(format!("Linux: {:?}", missing(runs, System::Linux, what)));
+    }
+    row
+}
+
+fn storm_rows(
+    arch: Arch,
+    accel: Accel,
+    runs: &Runs,
+    cpu_counts: &[u32],
+    with_linux: bool,
+    section_suffix: &str,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let sec = format!(
+        "guest {arch}, {}{section_suffix}: faultstorm",
+        accel_name(accel)
+    );
+    let fps = |r: &GuestResults| r.faultstorm.as_ref().map(FaultStorm::faults_per_sec);
+    let touch = |r: &GuestResults| {
+        r.faultstorm
+            .as_ref()
+            .map(FaultStorm::touch_cycles_per_fault)
+    };
+    let kern = |r: &GuestResults| {
+        r.faultstorm
+            .as_ref()
+            .and_then(FaultStorm::kernel_cycles_per_fault)
+    };
+    let share = |r: &GuestResults| {
+        r.faultstorm
+            .as_ref()
+            .and_then(FaultStorm::share_without_mmap_lock)
+    };
+    type Pick = fn(&GuestResults) -> Option<f64>;
+    let rmw: Pick = |r| {
+        r.faultstorm
+            .as_ref()
+            .and_then(FaultStorm::shared_writes_per_fault)
+            .map(|s| s.0)
+    };
+    let stores: Pick = |r| {
+        r.faultstorm
+            .as_ref()
+            .and_then(FaultStorm::shared_writes_per_fault)
+            .map(|s| s.1)
+    };
+    for &cpus in cpu_counts {
+        for sys in SAMARA {
+            let l = sys.label();
+            rows.push(versus_linux(
+                &sec,
+                &format!("faults/s, {cpus} CPU(s), {l}"),
+                "faults/s",
+                Better::Higher,
+                accel,
+                runs,
+                sys,
+                cpus,
+                with_linux,
+                "faultstorm",
+                fps,
+            ));
+            rows.push(versus_linux(
+                &sec,
+                &format!("cycles per fault seen from user mode, {cpus} CPU(s), {l}"),
+                "cycles",
+                Better::Lower,
+                accel,
+                runs,
+                sys,
+                cpus,
+                with_linux,
+                "faultstorm",
+                touch,
+            ));
+            rows.push(versus_linux(
+                &sec,
+                &format!("cycles per fault, trap to return, {cpus} CPU(s), {l}"),
+                "cycles",
+                Better::Lower,
+                accel,
+                runs,
+                sys,
+                cpus,
+                false,
+                "faultstorm",
+                kern,
+            ));
+            let mut row = versus_linux(
+                &sec,
+                &format!("share of faults without the mmap lock, {cpus} CPU(s), {l}"),
+                "%",
+                Better::Higher,
+                accel,
+                runs,
+                sys,
+                cpus,
+                false,
+                "faultstorm",
+                share,
+            );
+            if let Some(f) = median_storm(runs.get(sys, cpus)) {
+                if let Some(v) = f.vma {
+                    row = row.note(format!(
+                        "median run: VMA_LOCK_SUCCESS {}, ABORT {}, RETRY {}, MISS {}; \
+                         under the mmap lock {}; {} faults for {} touches; mapper {} mmap+munmap",
+                        v.success,
+                        v.abort,
+                        v.retry,
+                        v.miss,
+                        v.mmap_locked,
+                        f.faults,
+                        f.touches,
+                        f.mapper_ops
+                    ));
+                    row.details = json!({
+                        "vma_lock_success": v.success, "vma_lock_abort": v.abort,
+                        "vma_lock_retry": v.retry, "vma_lock_miss": v.miss,
+                        "mmap_locked": v.mmap_locked, "faults": f.faults,
+                        "touches": f.touches, "threads": f.threads, "pages": f.pages,
+                        "rounds": f.rounds, "mapper_ops": f.mapper_ops,
+                    });
+                }
+            }
+            rows.push(row);
+            // The instrumented build's counts, when its lines carry them.
+            if runs.get(sys, cpus).iter().any(|r| rmw(r).is_some()) {
+                for (what, f) in [("atomic RMWs", rmw), ("stores", stores)] {
+                    let mut row = Row::new(
+                        &sec,
+                        &format!("{what} to shared cache lines per fault, {cpus} CPU(s), {l}"),
+                        "per fault",
+                        Better::Lower,
+                        accel_name(accel),
+                    )
+                    .with(stat(runs.get(sys, cpus), f), None);
+                    row.target = Some("0 besides the VMA's refcount (RadixVM)".into());
+                    rows.push(row);
+                }
+            }
+        }
+        // Per-VMA locks against the mmap lock, inside Samara.
+        let pvl = stat(runs.get(System::SamaraPvl, cpus), fps);
+        let nopvl = stat(runs.get(System::SamaraMmapLock, cpus), fps);
+        let mut row = Row::new(
+            &sec,
+            &format!("faults/s, {cpus} CPU(s): per-VMA locks vs mmap lock only"),
+            "faults/s",
+            Better::Higher,
+            accel_name(accel),
+        )
+        .with(pvl, Some((System::SamaraMmapLock.label().into(), nopvl)));
+        if pvl.is_none() {
+            row = row.status(missing(runs, System::SamaraPvl, "faultstorm"));
+        }
+        rows.push(row);
+        // Linux's own figures, with what it counted.
+        if with_linux {
+            if let Some(f) = median_storm(runs.get(System::Linux, cpus)) {
+                let mut row = Row::new(
+                    &sec,
+                    &format!("Linux faults/s, {cpus} CPU(s) (the baseline above)"),
+                    "faults/s",
+                    Better::Higher,
+                    accel_name(accel),
+                )
+                .with(stat(runs.get(System::Linux, cpus), fps), None)
+                .note(format!(
+                    "median run: {} minor faults for {} touches ({} threads x {} pages x {} \
+                     rounds); mapper {} mmap+munmap",
+                    f.faults, f.touches, f.threads, f.pages, f.rounds, f.mapper_ops
+                ));
+                if (f.faults as f64) < 0.95 * f.touches as f64 {
+                    row = row.status(Status::Failed(
+                        "Linux counted fewer faults than pages touched (huge pages?)".into(),
+                    ));
+                }
+                rows.push(row);
+            }
+        }
+    }
+    rows
+}
+
+fn loop_rows(
+    arch: Arch,
+    accel: Accel,
+    runs: &Runs,
+    cpu_counts: &[u32],
+    with_linux: bool,
+    section_suffix: &str,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    type Pick = fn(&GuestResults) -> Option<&OpLoop>;
+    let loops: [(&str, &str, Pick); 2] = [
+        ("mmap/munmap loop", "mmap-loop", |r| r.mmap_loop.as_ref()),
+        ("fork/exit loop", "fork-loop", |r| r.fork_loop.as_ref()),
+    ];
+    for (title, line, pick) in loops {
+        let sec = format!(
+            "guest {arch}, {}{section_suffix}: {title}",
+            accel_name(accel)
+        );
+        for &cpus in cpu_counts {
+            for sys in SAMARA {
+                let mut row = versus_linux(
+                    &sec,
+                    &format!("cycles per op, {cpus} CPU(s), {}", sys.label()),
+                    "cycles",
+                    Better::Lower,
+                    accel,
+                    runs,
+                    sys,
+                    cpus,
+                    with_linux,
+                    line,
+                    move |r| pick(r).map(OpLoop::cycles_per_op),
+                );
+                let pages = runs
+                    .get(sys, cpus)
+                    .iter()
+                    .chain(runs.get(System::Linux, cpus))
+                    .find_map(|r| pick(r).map(|l| (l.ops, l.pages)));
+                if let Some((ops, pages)) = pages {
+                    if row.note.is_none() {
+                        row = row.note(format!("{ops} ops, {pages}-page region"));
+                    }
+                }
+                rows.push(row);
+            }
+        }
+    }
+    rows
+}
+
+fn scaling_rows(arch: Arch, runs: &Runs) -> Vec<Row> {
+    let sec = format!("guest {arch}, TCG: functional scaling check (faultstorm)");
+    let mut rows = Vec::new();
+    for cpus in SCALING_CPUS {
+        for sys in SAMARA {
+            let fig = stat(runs.get(sys, cpus), |r| {
+                r.faultstorm.as_ref().map(FaultStorm::faults_per_sec)
+            });
+            let mut row = Row::new(
+                &sec,
+                &format!("faultstorm completes, {cpus} CPUs, {}", sys.label()),
+                "faults/s",
+                Better::Higher,
+                "TCG",
+            )
+            .with(fig, None)
+            .note("TCG on this host's cores: a functional check, not scaling evidence");
+            if fig.is_none() {
+                row = row.status(missing(runs, sys, "faultstorm"));
+            } else if let Some(f) = median_storm(runs.get(sys, cpus)) {
+                if let Some(s) = f.share_without_mmap_lock() {
+                    row = row.note(format!(
+                        "{:.1}% of faults without the mmap lock; TCG: a functional check, not \
+                         scaling evidence",
+                        s * 100.0
+                    ));
+                }
+            }
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+fn series(runs: &Runs, with_linux: bool, linux_label: &str) -> Vec<Series> {
+    let mut systems = SAMARA.to_vec();
+    if with_linux {
+        systems.push(System::Linux);
+    }
+    systems
+        .into_iter()
+        .filter_map(|s| {
+            let points: Vec<Point> = CPUS
+                .iter()
+                .filter_map(|&cpus| {
+                    let e = stat(runs.get(s, cpus), |r| {
+                        r.faultstorm.as_ref().map(FaultStorm::faults_per_sec)
+                    })?;
+                    Some(Point {
+                        cpus,
+                        median: e.value,
+                        min: e.lo,
+                        max: e.hi,
+                    })
+                })
+                .collect();
+            let label = if s == System::Linux {
+                linux_label.to_string()
+            } else {
+                s.label().to_string()
+            };
+            (!points.is_empty()).then_some(Series { label, points })
+        })
+        .collect()
+}
+
+/// Runs the guest part.
+pub fn run(o: &GuestOptions) -> Result<GuestOutcome> {
+    let mut out = GuestOutcome {
+        rows: Vec::new(),
+        notes: Vec::new(),
+        series: Vec::new(),
+        plot_title: String::new(),
+    };
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut anchor: Option<std::result::Result<Anchor, String>> = None;
+    let mut mitigations = Vec::new();
+    for &arch in &o.arches {
+        let with_linux = o.linux && arch == Arch::X86_64;
+        if o.linux && !with_linux {
+            out.notes.push(format!(
+                "{arch}: no Linux anchor (Debian ships no kernel for QEMU's Octeon Malta); \
+                 Samara's figures stand alone"
+            ));
+        }
+        let plan = plan_accel(arch, o.accel, with_linux)?;
+        out.notes.push(format!(
+            "{arch} guests: {}; {} boot(s) per configuration, {} memory, interleaved \
+             Samara per-VMA / Samara mmap lock / Linux",
+            plan.why, o.reps, o.mem
+        ));
+        if CPUS.iter().any(|&c| c as usize > host_cpus) {
+            out.notes.push(format!(
+                "the host has {host_cpus} logical CPUs: guests with more vCPUs than that \
+                 time-share them (figures at those CPU counts measure contention, not scaling)"
+            ));
+        }
+        let mut kernels = Kernels {
+            arch,
+            images: BTreeMap::new(),
+        };
+        let mut systems = Vec::new();
+        if o.samara {
+            systems.extend(SAMARA);
+        }
+        if with_linux {
+            systems.push(System::Linux);
+        }
+        if !systems.is_empty() {
+            let runs = measure(
+                o,
+                arch,
+                plan.compare,
+                &CPUS,
+                &systems,
+                o.reps,
+                &mut kernels,
+                &mut anchor,
+                &mut mitigations,
+            );
+            out.rows
+                .extend(storm_rows(arch, plan.compare, &runs, &CPUS, with_linux, ""));
+            out.rows
+                .extend(loop_rows(arch, plan.compare, &runs, &CPUS, with_linux, ""));
+            if out.series.is_empty() {
+                let linux_label = match &anchor {
+                    Some(Ok(a)) => format!("Linux {}", a.kernel.release),
+                    _ => "Linux".to_string(),
+                };
+                out.series = series(&runs, with_linux, &linux_label);
+                out.plot_title = format!(
+                    "faultstorm: faults/s against CPUs ({arch}, {})",
+                    accel_name(plan.compare)
+                );
+            }
+        }
+        if plan.samara_kvm_alone && o.samara {
+            let runs = measure(
+                o,
+                arch,
+                Accel::Kvm,
+                &CPUS,
+                &SAMARA,
+                o.reps,
+                &mut kernels,
+                &mut anchor,
+                &mut mitigations,
+            );
+            let sfx = " (PVM), Samara alone";
+            out.rows
+                .extend(storm_rows(arch, Accel::Kvm, &runs, &CPUS, false, sfx));
+            out.rows
+                .extend(loop_rows(arch, Accel::Kvm, &runs, &CPUS, false, sfx));
+        }
+        if o.scaling && o.samara {
+            let runs = measure(
+                o,
+                arch,
+                Accel::Tcg,
+                &SCALING_CPUS,
+                &SAMARA,
+                1,
+                &mut kernels,
+                &mut anchor,
+                &mut mitigations,
+            );
+            out.rows.extend(scaling_rows(arch, &runs));
+        }
+    }
+    match &anchor {
+        Some(Ok(a)) => {
+            out.notes.push(format!(
+                "Linux anchor: {}; booted with `{}`; /init is tests/linux-anchor (static); \
+                 CONFIG_PER_VMA_LOCK_STATS {}",
+                a.kernel.describe(),
+                bench_linux::kernel_cmdline(&[]),
+                match a.kernel.per_vma_lock_stats {
+                    Some(true) => "set",
+                    Some(false) => "unset (Linux reports no VMA_LOCK_* counters)",
+                    None => "unknown",
+                }
+            ));
+            if !mitigations.is_empty() {
+                out.notes.push(format!(
+                    "Linux's CPU mitigations in force: {}",
+                    mitigations.join("; ")
+                ));
+            }
+        }
+        Some(Err(e)) => out.notes.push(format!("Linux anchor unavailable: {e}")),
+        None => {}
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn results(os: &str, cpus: u32, ns: u64, extra: &str) -> GuestResults {
+        let line = format!(
+            "samara: bench: faultstorm v=1 os={os} arch=x86_64 cpus={cpus} threads={cpus} \
+             pages=10 rounds=1 touches={} faults={} ns={ns} touch_cycles=1000 mapper_pages=4 \
+             mapper_ops=5{extra}\n\
+             samara: bench: mmap-loop v=1 os={os} arch=x86_64 cpus={cpus} ops=10 pages=4 \
+             cycles=5000 ns=100\n",
+            10 * cpus,
+            10 * cpus
+        );
+        GuestResults::from_output(&line).unwrap()
+    }
+
+    const SAMARA_EXTRA: &str = " fault_cycles=500 fault_samples=10 vma_lock_success=9 \
+        vma_lock_abort=0 vma_lock_retry=0 vma_lock_miss=0 mmap_locked=1";
+
+    #[test]
+    fn anchor_follows_samara_parameters() {
+        let s = results("samara", 2, 1000, &format!(" pvl=on{SAMARA_EXTRA}"));
+        let p = anchor_params(Some(&s), Accel::Tcg);
+        let get = |k: &str| p.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("threads"), Some("2"));
+        assert_eq!(get("pages"), Some("10"));
+        assert_eq!(get("mmap_ops"), Some("10"));
+        // No fork-loop line from Samara: the default for the accelerator.
+        assert_eq!(get("fork_ops"), Some("200"));
+        let d = anchor_params(None, Accel::Kvm);
+        assert!(d.iter().any(|(k, v)| k == "rounds" && v == "64"));
+        assert!(!d.iter().any(|(k, _)| k == "threads"));
+    }
+
+    #[test]
+    fn rows_compare_against_linux_and_pend_without_samara() {
+        let mut runs = Runs::default();
+        runs.results
+            .insert((System::Linux, 1), vec![results("linux", 1, 1_000_000, "")]);
+        runs.status.insert(
+            System::SamaraPvl,
+            Status::Pending("no workload=faultstorm".into()),
+        );
+        runs.status.insert(
+            System::SamaraMmapLock,
+            Status::Pending("no workload=faultstorm".into()),
+        );
+        let rows = storm_rows(Arch::X86_64, Accel::Tcg, &runs, &[1], true, "");
+        let r = rows
+            .iter()
+            .find(|r| r.name == "faults/s, 1 CPU(s), Samara, per-VMA locks")
+            .unwrap();
+        assert!(matches!(&r.status, Status::Pending(w) if w.contains("faultstorm")));
+        // Linux's figure is there as the baseline: 10 faults in 1 ms.
+        let base = r.baseline.as_ref().unwrap().1.unwrap();
+        assert_eq!(base.value, 10_000.0);
+        assert!(rows
+            .iter()
+            .any(|r| r.name.starts_with("Linux faults/s, 1 CPU")));
+
+        // Samara measured: a ratio appears.
+        runs.status.clear();
+        runs.results.insert(
+            (System::SamaraPvl, 1),
+            vec![results(
+                "samara",
+                1,
+                500_000,
+                &format!(" pvl=on{SAMARA_EXTRA}"),
+            )],
+        );
+        let rows = storm_rows(Arch::X86_64, Accel::Tcg, &runs, &[1], true, "");
+        let r = rows
+            .iter()
+            .find(|r| r.name == "faults/s, 1 CPU(s), Samara, per-VMA locks")
+            .unwrap();
+        assert_eq!(r.ratio.unwrap().value, 2.0);
+        let share = rows
+            .iter()
+            .find(|r| {
+                r.name
+                    .starts_with("share of faults without the mmap lock, 1 CPU(s), Samara, per")
+            })
+            .unwrap();
+        assert_eq!(share.figure.unwrap().value, 0.9);
+        assert!(share.note.as_ref().unwrap().contains("VMA_LOCK_SUCCESS 9"));
+        let loops = loop_rows(Arch::X86_64, Accel::Tcg, &runs, &[1], true, "");
+        let mm = loops
+            .iter()
+            .find(|r| r.section.ends_with("mmap/munmap loop") && r.name.contains("per-VMA"))
+            .unwrap();
+        assert_eq!(mm.figure.unwrap().value, 500.0);
+        assert_eq!(mm.ratio.unwrap().value, 1.0);
+        let s = series(&runs, true, "Linux 6.12");
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[1].label, "Linux 6.12");
+    }
+
+    #[test]
+    fn mitigations_in_force_are_listed() {
+        let out = "linux-anchor: vulnerability meltdown: Not affected\r\n\
+                   linux-anchor: vulnerability spectre_v2: Mitigation: Retpolines\r\n";
+        assert_eq!(
+            mitigations_of(out),
+            vec!["spectre_v2: Mitigation: Retpolines"]
+        );
+    }
+
+    #[test]
+    fn pvm_moves_the_comparison_to_tcg() {
+        // Whatever this machine has, TCG requested is TCG with no KVM extra.
+        let p = plan_accel(Arch::X86_64, AccelChoice::Tcg, true).unwrap();
+        assert_eq!(p.compare, Accel::Tcg);
+        assert!(!p.samara_kvm_alone);
+        let m = plan_accel(Arch::Mips64, AccelChoice::Auto, false).unwrap();
+        assert_eq!(m.compare, Accel::Tcg);
+    }
+}
