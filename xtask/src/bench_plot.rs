@@ -24,6 +24,9 @@ pub struct Point {
 #[derive(Debug, Clone)]
 pub struct Series {
     pub label: String,
+    /// Index into the palette: a system keeps its colour whether or not
+    /// the others have data.
+    pub colour: usize,
     pub points: Vec<Point>,
 }
 
@@ -77,9 +80,10 @@ where
             }
         })
         .y_label_formatter(&|y| human(*y))
+        .light_line_style(WHITE)
         .draw()?;
-    for (i, s) in series.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
+    for s in series {
+        let colour = COLOURS[s.colour % COLOURS.len()];
         let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (p.cpus as f64, p.median)).collect();
         chart
             .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))?
@@ -139,10 +143,12 @@ mod tests {
         let series = vec![
             Series {
                 label: "Samara, per-VMA locks".into(),
+                colour: 0,
                 points: vec![p(1, 1e5), p(2, 1.8e5), p(4, 3e5)],
             },
             Series {
                 label: "Linux 6.12".into(),
+                colour: 2,
                 points: vec![p(1, 9e4), p(2, 1.5e5)],
             },
         ];

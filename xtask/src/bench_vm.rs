@@ -457,6 +457,33 @@ fn missing(runs: &Runs, s: System, what: &str) -> Status {
     }
 }
 
+/// A status in words, for notes.
+fn describe(s: &Status) -> String {
+    match s {
+        Status::Measured => "measured".into(),
+        Status::Pending(w) => format!("pending: {w}"),
+        Status::Failed(w) => format!("failed: {w}"),
+    }
+}
+
+/// Why Samara has no results at all in `runs` (None if it has some): its
+/// rows then shrink to one per figure Linux has, plus one summary row.
+fn samara_absent(runs: &Runs) -> Option<Status> {
+    if SAMARA
+        .iter()
+        .any(|s| runs.results.keys().any(|(sys, _)| sys == s))
+    {
+        return None;
+    }
+    Some(
+        SAMARA
+            .iter()
+            .map(|&s| runs.status(s))
+            .find(|st| *st != Status::Measured)
+            .unwrap_or_else(|| Status::Pending("Samara not run (--only)".into())),
+    )
+}
+
 /// A Samara row against a Linux baseline (when Linux ran).
 #[allow(clippy::too_many_arguments)]
 fn versus_linux(
@@ -481,9 +508,50 @@ fn versus_linux(
     if fig.is_none() {
         row = row.status(missing(runs, sys, what));
     } else if with_linux && row.baseline.as_ref().is_some_and(|(_, b)| b.is_none()) {
-        row = row.note(format!("Linux: {:?}", missing(runs, System::Linux, what)));
+        row = row.note(format!(
+            "Linux: {}",
+            describe(&missing(runs, System::Linux, what))
+        ));
     }
     row
+}
+
+type Figure = fn(&GuestResults) -> Option<f64>;
+
+fn faults_per_sec(r: &GuestResults) -> Option<f64> {
+    r.faultstorm.as_ref().map(FaultStorm::faults_per_sec)
+}
+
+fn touch_cycles(r: &GuestResults) -> Option<f64> {
+    r.faultstorm
+        .as_ref()
+        .map(FaultStorm::touch_cycles_per_fault)
+}
+
+fn kernel_cycles(r: &GuestResults) -> Option<f64> {
+    r.faultstorm
+        .as_ref()
+        .and_then(FaultStorm::kernel_cycles_per_fault)
+}
+
+fn share_unlocked(r: &GuestResults) -> Option<f64> {
+    r.faultstorm
+        .as_ref()
+        .and_then(FaultStorm::share_without_mmap_lock)
+}
+
+fn shared_rmws(r: &GuestResults) -> Option<f64> {
+    r.faultstorm
+        .as_ref()
+        .and_then(FaultStorm::shared_writes_per_fault)
+        .map(|s| s.0)
+}
+
+fn shared_stores(r: &GuestResults) -> Option<f64> {
+    r.faultstorm
+        .as_ref()
+        .and_then(FaultStorm::shared_writes_per_fault)
+        .map(|s| s.1)
 }
 
 fn storm_rows(
@@ -495,127 +563,115 @@ fn storm_rows(
     section_suffix: &str,
 ) -> Vec<Row> {
     let mut rows = Vec::new();
-    let sec = format!(
-        "guest {arch}, {}{section_suffix}: faultstorm",
-        accel_name(accel)
-    );
-    let fps = |r: &GuestResults| r.faultstorm.as_ref().map(FaultStorm::faults_per_sec);
-    let touch = |r: &GuestResults| {
-        r.faultstorm
-            .as_ref()
-            .map(FaultStorm::touch_cycles_per_fault)
-    };
-    let kern = |r: &GuestResults| {
-        r.faultstorm
-            .as_ref()
-            .and_then(FaultStorm::kernel_cycles_per_fault)
-    };
-    let share = |r: &GuestResults| {
-        r.faultstorm
-            .as_ref()
-            .and_then(FaultStorm::share_without_mmap_lock)
-    };
-    type Pick = fn(&GuestResults) -> Option<f64>;
-    let rmw: Pick = |r| {
-        r.faultstorm
-            .as_ref()
-            .and_then(FaultStorm::shared_writes_per_fault)
-            .map(|s| s.0)
-    };
-    let stores: Pick = |r| {
-        r.faultstorm
-            .as_ref()
-            .and_then(FaultStorm::shared_writes_per_fault)
-            .map(|s| s.1)
-    };
+    let acc = accel_name(accel);
+    let sec = format!("guest {arch}, {acc}{section_suffix}: faultstorm");
+    if let Some(why) = samara_absent(runs) {
+        if with_linux {
+            for &cpus in cpu_counts {
+                let figures: [(&str, &'static str, Better, Figure); 2] = [
+                    ("faults/s", "faults/s", Better::Higher, faults_per_sec),
+                    (
+                        "cycles per fault seen from user mode",
+                        "cycles",
+                        Better::Lower,
+                        touch_cycles,
+                    ),
+                ];
+                for (name, unit, better, f) in figures {
+                    let base = stat(runs.get(System::Linux, cpus), f);
+                    rows.push(
+                        Row::new(
+                            &sec,
+                            &format!("{name}, {cpus} CPU(s), Samara"),
+                            unit,
+                            better,
+                            acc,
+                        )
+                        .with(None, Some((System::Linux.label().into(), base)))
+                        .status(why.clone()),
+                    );
+                }
+                rows.extend(linux_storm_row(&sec, accel, runs, cpus));
+            }
+        }
+        rows.push(
+            Row::new(
+                &sec,
+                "Samara: trap-to-return cycles per fault, share of faults without the mmap \
+                 lock, VMA_LOCK_* counters, per-VMA locks vs mmap lock only",
+                "",
+                Better::Higher,
+                acc,
+            )
+            .status(why),
+        );
+        return rows;
+    }
     for &cpus in cpu_counts {
         for sys in SAMARA {
             let l = sys.label();
-            rows.push(versus_linux(
-                &sec,
-                &format!("faults/s, {cpus} CPU(s), {l}"),
-                "faults/s",
-                Better::Higher,
-                accel,
-                runs,
-                sys,
-                cpus,
-                with_linux,
-                "faultstorm",
-                fps,
-            ));
-            rows.push(versus_linux(
-                &sec,
-                &format!("cycles per fault seen from user mode, {cpus} CPU(s), {l}"),
-                "cycles",
-                Better::Lower,
-                accel,
-                runs,
-                sys,
-                cpus,
-                with_linux,
-                "faultstorm",
-                touch,
-            ));
-            rows.push(versus_linux(
-                &sec,
-                &format!("cycles per fault, trap to return, {cpus} CPU(s), {l}"),
-                "cycles",
-                Better::Lower,
-                accel,
-                runs,
-                sys,
-                cpus,
-                false,
-                "faultstorm",
-                kern,
-            ));
-            let mut row = versus_linux(
-                &sec,
-                &format!("share of faults without the mmap lock, {cpus} CPU(s), {l}"),
-                "%",
-                Better::Higher,
-                accel,
-                runs,
-                sys,
-                cpus,
-                false,
-                "faultstorm",
-                share,
-            );
-            if let Some(f) = median_storm(runs.get(sys, cpus)) {
-                if let Some(v) = f.vma {
-                    row = row.note(format!(
-                        "median run: VMA_LOCK_SUCCESS {}, ABORT {}, RETRY {}, MISS {}; \
-                         under the mmap lock {}; {} faults for {} touches; mapper {} mmap+munmap",
-                        v.success,
-                        v.abort,
-                        v.retry,
-                        v.miss,
-                        v.mmap_locked,
-                        f.faults,
-                        f.touches,
-                        f.mapper_ops
-                    ));
-                    row.details = json!({
-                        "vma_lock_success": v.success, "vma_lock_abort": v.abort,
-                        "vma_lock_retry": v.retry, "vma_lock_miss": v.miss,
-                        "mmap_locked": v.mmap_locked, "faults": f.faults,
-                        "touches": f.touches, "threads": f.threads, "pages": f.pages,
-                        "rounds": f.rounds, "mapper_ops": f.mapper_ops,
-                    });
+            let figures: [(String, &'static str, Better, bool, Figure); 4] = [
+                (
+                    format!("faults/s, {cpus} CPU(s), {l}"),
+                    "faults/s",
+                    Better::Higher,
+                    with_linux,
+                    faults_per_sec,
+                ),
+                (
+                    format!("cycles per fault seen from user mode, {cpus} CPU(s), {l}"),
+                    "cycles",
+                    Better::Lower,
+                    with_linux,
+                    touch_cycles,
+                ),
+                (
+                    format!("cycles per fault, trap to return, {cpus} CPU(s), {l}"),
+                    "cycles",
+                    Better::Lower,
+                    false,
+                    kernel_cycles,
+                ),
+                (
+                    format!("share of faults without the mmap lock, {cpus} CPU(s), {l}"),
+                    "%",
+                    Better::Higher,
+                    false,
+                    share_unlocked,
+                ),
+            ];
+            for (name, unit, better, vs_linux, f) in figures {
+                let mut row = versus_linux(
+                    &sec,
+                    &name,
+                    unit,
+                    better,
+                    accel,
+                    runs,
+                    sys,
+                    cpus,
+                    vs_linux,
+                    "faultstorm",
+                    f,
+                );
+                if unit == "%" {
+                    if let Some(f) = median_storm(runs.get(sys, cpus)) {
+                        annotate_counters(&mut row, f);
+                    }
                 }
+                rows.push(row);
             }
-            rows.push(row);
             // The instrumented build's counts, when its lines carry them.
-            if runs.get(sys, cpus).iter().any(|r| rmw(r).is_some()) {
-                for (what, f) in [("atomic RMWs", rmw), ("stores", stores)] {
+            if runs.get(sys, cpus).iter().any(|r| shared_rmws(r).is_some()) {
+                let counts: [(&str, Figure); 2] =
+                    [("atomic RMWs", shared_rmws), ("stores", shared_stores)];
+                for (what, f) in counts {
                     let mut row = Row::new(
                         &sec,
                         &format!("{what} to shared cache lines per fault, {cpus} CPU(s), {l}"),
                         "per fault",
                         Better::Lower,
-                        accel_name(accel),
+                        acc,
                     )
                     .with(stat(runs.get(sys, cpus), f), None);
                     row.target = Some("0 besides the VMA's refcount (RadixVM)".into());
@@ -624,46 +680,68 @@ fn storm_rows(
             }
         }
         // Per-VMA locks against the mmap lock, inside Samara.
-        let pvl = stat(runs.get(System::SamaraPvl, cpus), fps);
-        let nopvl = stat(runs.get(System::SamaraMmapLock, cpus), fps);
+        let pvl = stat(runs.get(System::SamaraPvl, cpus), faults_per_sec);
+        let nopvl = stat(runs.get(System::SamaraMmapLock, cpus), faults_per_sec);
         let mut row = Row::new(
             &sec,
             &format!("faults/s, {cpus} CPU(s): per-VMA locks vs mmap lock only"),
             "faults/s",
             Better::Higher,
-            accel_name(accel),
+            acc,
         )
         .with(pvl, Some((System::SamaraMmapLock.label().into(), nopvl)));
         if pvl.is_none() {
             row = row.status(missing(runs, System::SamaraPvl, "faultstorm"));
         }
         rows.push(row);
-        // Linux's own figures, with what it counted.
         if with_linux {
-            if let Some(f) = median_storm(runs.get(System::Linux, cpus)) {
-                let mut row = Row::new(
-                    &sec,
-                    &format!("Linux faults/s, {cpus} CPU(s) (the baseline above)"),
-                    "faults/s",
-                    Better::Higher,
-                    accel_name(accel),
-                )
-                .with(stat(runs.get(System::Linux, cpus), fps), None)
-                .note(format!(
-                    "median run: {} minor faults for {} touches ({} threads x {} pages x {} \
-                     rounds); mapper {} mmap+munmap",
-                    f.faults, f.touches, f.threads, f.pages, f.rounds, f.mapper_ops
-                ));
-                if (f.faults as f64) < 0.95 * f.touches as f64 {
-                    row = row.status(Status::Failed(
-                        "Linux counted fewer faults than pages touched (huge pages?)".into(),
-                    ));
-                }
-                rows.push(row);
-            }
+            rows.extend(linux_storm_row(&sec, accel, runs, cpus));
         }
     }
     rows
+}
+
+/// The median run's lock counters, as a note and as details.
+fn annotate_counters(row: &mut Row, f: &FaultStorm) {
+    let Some(v) = f.vma else {
+        return;
+    };
+    row.note = Some(format!(
+        "median run: VMA_LOCK_SUCCESS {}, ABORT {}, RETRY {}, MISS {}; under the mmap lock \
+         {}; {} faults for {} touches; mapper {} mmap+munmap",
+        v.success, v.abort, v.retry, v.miss, v.mmap_locked, f.faults, f.touches, f.mapper_ops
+    ));
+    row.details = json!({
+        "vma_lock_success": v.success, "vma_lock_abort": v.abort,
+        "vma_lock_retry": v.retry, "vma_lock_miss": v.miss,
+        "mmap_locked": v.mmap_locked, "faults": f.faults,
+        "touches": f.touches, "threads": f.threads, "pages": f.pages,
+        "rounds": f.rounds, "mapper_ops": f.mapper_ops,
+    });
+}
+
+/// Linux's own faultstorm figure, with what it counted.
+fn linux_storm_row(sec: &str, accel: Accel, runs: &Runs, cpus: u32) -> Option<Row> {
+    let f = median_storm(runs.get(System::Linux, cpus))?;
+    let mut row = Row::new(
+        sec,
+        &format!("Linux faults/s, {cpus} CPU(s) (the baseline above)"),
+        "faults/s",
+        Better::Higher,
+        accel_name(accel),
+    )
+    .with(stat(runs.get(System::Linux, cpus), faults_per_sec), None)
+    .note(format!(
+        "median run: {} minor faults for {} touches ({} threads x {} pages x {} rounds); \
+         mapper {} mmap+munmap",
+        f.faults, f.touches, f.threads, f.pages, f.rounds, f.mapper_ops
+    ));
+    if (f.faults as f64) < 0.95 * f.touches as f64 {
+        row = row.status(Status::Failed(
+            "Linux counted fewer faults than pages touched (huge pages?)".into(),
+        ));
+    }
+    Some(row)
 }
 
 fn loop_rows(
@@ -675,16 +753,50 @@ fn loop_rows(
     section_suffix: &str,
 ) -> Vec<Row> {
     let mut rows = Vec::new();
+    let acc = accel_name(accel);
     type Pick = fn(&GuestResults) -> Option<&OpLoop>;
     let loops: [(&str, &str, Pick); 2] = [
         ("mmap/munmap loop", "mmap-loop", |r| r.mmap_loop.as_ref()),
         ("fork/exit loop", "fork-loop", |r| r.fork_loop.as_ref()),
     ];
+    let absent = samara_absent(runs);
     for (title, line, pick) in loops {
-        let sec = format!(
-            "guest {arch}, {}{section_suffix}: {title}",
-            accel_name(accel)
-        );
+        let sec = format!("guest {arch}, {acc}{section_suffix}: {title}");
+        // What each op was, from any run that has the line.
+        let shape = |cpus: u32| {
+            SAMARA
+                .iter()
+                .chain([&System::Linux])
+                .flat_map(|&s| runs.get(s, cpus))
+                .find_map(pick)
+                .map(|l| format!("{} ops, {}-page region", l.ops, l.pages))
+        };
+        if let Some(why) = &absent {
+            if !with_linux {
+                rows.push(
+                    Row::new(&sec, "Samara: cycles per op", "cycles", Better::Lower, acc)
+                        .status(why.clone()),
+                );
+                continue;
+            }
+            for &cpus in cpu_counts {
+                let base = stat(runs.get(System::Linux, cpus), |r| {
+                    pick(r).map(OpLoop::cycles_per_op)
+                });
+                let mut row = Row::new(
+                    &sec,
+                    &format!("cycles per op, {cpus} CPU(s), Samara"),
+                    "cycles",
+                    Better::Lower,
+                    acc,
+                )
+                .with(None, Some((System::Linux.label().into(), base)))
+                .status(why.clone());
+                row.note = shape(cpus);
+                rows.push(row);
+            }
+            continue;
+        }
         for &cpus in cpu_counts {
             for sys in SAMARA {
                 let mut row = versus_linux(
@@ -700,15 +812,8 @@ fn loop_rows(
                     line,
                     move |r| pick(r).map(OpLoop::cycles_per_op),
                 );
-                let pages = runs
-                    .get(sys, cpus)
-                    .iter()
-                    .chain(runs.get(System::Linux, cpus))
-                    .find_map(|r| pick(r).map(|l| (l.ops, l.pages)));
-                if let Some((ops, pages)) = pages {
-                    if row.note.is_none() {
-                        row = row.note(format!("{ops} ops, {pages}-page region"));
-                    }
+                if row.note.is_none() {
+                    row.note = shape(cpus);
                 }
                 rows.push(row);
             }
@@ -778,7 +883,12 @@ fn series(runs: &Runs, with_linux: bool, linux_label: &str) -> Vec<Series> {
             } else {
                 s.label().to_string()
             };
-            (!points.is_empty()).then_some(Series { label, points })
+            let colour = s as usize;
+            (!points.is_empty()).then_some(Series {
+                label,
+                colour,
+                points,
+            })
         })
         .collect()
 }
@@ -961,9 +1071,11 @@ mod tests {
             Status::Pending("no workload=faultstorm".into()),
         );
         let rows = storm_rows(Arch::X86_64, Accel::Tcg, &runs, &[1], true, "");
+        // Samara absent: one row per figure Linux has, one summary row.
+        assert_eq!(rows.len(), 4, "{rows:#?}");
         let r = rows
             .iter()
-            .find(|r| r.name == "faults/s, 1 CPU(s), Samara, per-VMA locks")
+            .find(|r| r.name == "faults/s, 1 CPU(s), Samara")
             .unwrap();
         assert!(matches!(&r.status, Status::Pending(w) if w.contains("faultstorm")));
         // Linux's figure is there as the baseline: 10 faults in 1 ms.
