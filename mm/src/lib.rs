@@ -9,6 +9,8 @@ pub mod addr;
 pub mod aspace;
 pub mod cpu;
 pub mod frame;
+#[cfg(all(feature = "count-shared-writes", not(loom)))]
+pub mod linecount;
 pub mod maple;
 pub mod pgtable;
 pub mod phys;

@@ -5,7 +5,13 @@
 //! and spin-wait hints from here, never from `core` directly, so that the
 //! loom models exercise the same code the kernel runs.
 
-#[cfg(not(loom))]
+/// The instrumented build: the same atomics, counting the cache lines they
+/// write (see [`crate::linecount`]).
+#[cfg(all(not(loom), feature = "count-shared-writes"))]
+pub use crate::linecount::{
+    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
+#[cfg(all(not(loom), not(feature = "count-shared-writes")))]
 pub use core::sync::atomic::{
     fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };

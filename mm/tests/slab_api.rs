@@ -1,6 +1,8 @@
-//! The slab's type-level guarantees: code that would overwrite, replace or
-//! copy the constructor-owned part of a live object does not compile
-//! (`compile_fail/`), and the legal API does (`compile_pass/`).
+//! Type-level guarantees: code that would overwrite, replace or copy the
+//! constructor-owned part of a live slab object, hold an RCU read guard
+//! across a quiescent-state report or move it to another CPU, or change a
+//! VMA without its write lock, does not compile (`compile_fail/`); the legal
+//! API does (`compile_pass/`).
 //!
 //! Miri cannot spawn the compiler, so this test does not exist under Miri;
 //! `cargo test` runs it.

@@ -545,6 +545,24 @@ fn test_steps(o: &TestOpts) -> Vec<Step> {
         &[],
     ));
 
+    // The instrumented build: shared-cache-line writes per fault.
+    steps.push(Step::cargo(
+        "mm-shared-lines",
+        &[
+            "test",
+            "-p",
+            "mm",
+            "--release",
+            "--features",
+            "count-shared-writes",
+            "--test",
+            "linecount",
+            "--",
+            "--nocapture",
+        ],
+        &[],
+    ));
+
     // The loom models: every `mm/tests/loom_*.rs`, built with `--cfg loom`
     // in their own target directory (the cfg changes every dependency), one
     // test at a time because the mutation tests flip a process-wide switch.

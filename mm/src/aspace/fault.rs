@@ -99,6 +99,13 @@ impl<F: PteFormat> AddressSpace<'_, F> {
     /// Handles a fault at `addr` on `cpu`. `Ok` means the access can be
     /// retried; an error is delivered to the task.
     pub fn handle_fault(&self, cpu: CpuId, addr: u64, access: Access) -> Result<(), FaultError> {
+        // The instrumented build measures the cache lines faults write.
+        #[cfg(feature = "count-shared-writes")]
+        let _scope = crate::linecount::Scope::begin();
+        self.handle_fault_inner(cpu, addr, access)
+    }
+
+    fn handle_fault_inner(&self, cpu: CpuId, addr: u64, access: Access) -> Result<(), FaultError> {
         let segv = |kind| FaultError::Segv { addr, kind };
         if addr >= self.ctx.layout.va_end {
             return Err(segv(SegvKind::MapErr));

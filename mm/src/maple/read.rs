@@ -236,7 +236,9 @@ pub(crate) unsafe fn prev<E: MapleEntry>(
 /// Iterator over the entries intersecting a key range, in key order. It
 /// keeps its place in a leaf and re-walks from the root only to move to the
 /// next leaf or when its leaf has been replaced, so each step is O(1)
-/// within a leaf.
+/// within a leaf. Items never overlap: when a racing writer has stored a
+/// range that starts below the iterator's position, only the part from the
+/// position on is reported.
 pub struct Iter<'a, E> {
     root: &'a AtomicPtr<u8>,
     /// The next key to visit.
@@ -245,6 +247,8 @@ pub struct Iter<'a, E> {
     done: bool,
     /// The leaf holding `key` and `key`'s slot in it, if known.
     pos: Option<(LeafPos, usize)>,
+    /// Whether an entry was returned already.
+    started: bool,
     _entries: PhantomData<E>,
 }
 
@@ -258,6 +262,7 @@ impl<'a, E> Iter<'a, E> {
             last,
             done: first > last,
             pos: None,
+            started: false,
             _entries: PhantomData,
         }
     }
@@ -284,6 +289,16 @@ impl<E: MapleEntry> Iterator for Iter<'_, E> {
                 self.pos = None;
                 continue;
             };
+            // After a re-walk, the slot holding `key` may now start below
+            // it (a racing store covered keys already returned): report
+            // only the part not yet visited, so entries come in key order
+            // and never overlap. (Within one leaf, the next slot starts at
+            // `key` exactly.)
+            let first = if self.started {
+                first.max(self.key)
+            } else {
+                first
+            };
             if first > self.last {
                 self.done = true;
                 return None;
@@ -295,6 +310,7 @@ impl<E: MapleEntry> Iterator for Iter<'_, E> {
                 self.pos = (last < pos.max).then_some((pos, off + 1));
             }
             if let Some(r) = to_range(first, last, w) {
+                self.started = true;
                 return Some(r);
             }
         }
