@@ -470,12 +470,13 @@ pub struct Options {
     pub command: String,
 }
 
-/// The parts `--only` selects: each host bench file by name, `host` for
-/// all of them, `guest` (Samara in QEMU), `linux` (the Linux anchor),
-/// `scaling` (8 and 16 CPUs under TCG).
+/// The parts `--only` selects: each host bench file by name,
+/// `shared-lines` (the instrumented build's counts), `host` for all of
+/// those, `guest` (Samara in QEMU), `linux` (the Linux anchor), `scaling`
+/// (8 and 16 CPUs under TCG).
 pub fn parts(root: &std::path::Path) -> Vec<String> {
     let mut v = bench_criterion::bench_files(root);
-    v.extend(["host", "guest", "linux", "scaling"].map(String::from));
+    v.extend(["shared-lines", "host", "guest", "linux", "scaling"].map(String::from));
     v
 }
 
@@ -893,6 +894,23 @@ pub fn run(o: &Options) -> Result<()> {
                 "host benches ran with `--quick` (criterion {}): wider intervals than a full run",
                 bench_criterion::QUICK_ARGS.join(" ")
             ));
+        }
+    }
+
+    // Scalability by counting: the instrumented build's per-fault counts.
+    if o.only.is_empty() || o.only.iter().any(|p| p == "shared-lines" || p == "host") {
+        match crate::bench_shared::measure(if o.quick { 3 } else { 5 }) {
+            Ok(runs) => rows.extend(crate::bench_shared::rows(&runs)),
+            Err(e) => rows.push(
+                Row::new(
+                    "host: scalability by counting",
+                    "count-shared-writes build",
+                    "per fault",
+                    Better::Lower,
+                    "host",
+                )
+                .status(Status::Failed(e.to_string())),
+            ),
         }
     }
 

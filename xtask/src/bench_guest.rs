@@ -135,13 +135,27 @@ pub struct VmaCounts {
     pub mmap_locked: u64,
 }
 
-/// Shared-line write counts of an instrumented build (optional fields).
+/// The `count-shared-writes` build's totals over the storm's faults
+/// (`mm::linecount::summary()`; optional fields, all four together).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SharedWrites {
-    /// Atomic read-modify-writes to cache lines other CPUs also write.
+    /// `atomic_rmw=`: atomic read-modify-writes inside fault scopes.
     pub rmw: u64,
-    /// Plain stores to such lines.
+    /// `atomic_stores=`: atomic stores inside fault scopes.
     pub stores: u64,
+    /// `shared_writes=`: writes of both kinds to cache lines that two or
+    /// more CPUs wrote.
+    pub shared_writes: u64,
+    /// `shared_lines=`: distinct such lines.
+    pub shared_lines: u64,
+}
+
+/// Per fault: atomic RMWs, atomic stores, writes to shared lines.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SharedPerFault {
+    pub rmw: f64,
+    pub stores: f64,
+    pub shared_writes: f64,
 }
 
 /// A `faultstorm` line.
@@ -215,10 +229,21 @@ impl FaultStorm {
                 );
             }
         }
-        let shared = match (l.opt_int("shared_rmw")?, l.opt_int("shared_stores")?) {
-            (Some(rmw), Some(stores)) => Some(SharedWrites { rmw, stores }),
-            (None, None) => None,
-            _ => return Err("faultstorm line: shared_rmw and shared_stores go together".into()),
+        let keys = [
+            "atomic_rmw",
+            "atomic_stores",
+            "shared_writes",
+            "shared_lines",
+        ];
+        let shared = if keys.iter().any(|k| l.get(k).is_some()) {
+            Some(SharedWrites {
+                rmw: l.int(keys[0])?,
+                stores: l.int(keys[1])?,
+                shared_writes: l.int(keys[2])?,
+                shared_lines: l.int(keys[3])?,
+            })
+        } else {
+            None
         };
         let f = FaultStorm {
             os,
@@ -276,14 +301,14 @@ impl FaultStorm {
         (all > 0).then(|| v.success as f64 / all as f64)
     }
 
-    /// Instrumented builds: (RMWs, stores) to shared lines per fault.
-    pub fn shared_writes_per_fault(&self) -> Option<(f64, f64)> {
+    /// Instrumented builds: the counts per fault.
+    pub fn shared_writes_per_fault(&self) -> Option<SharedPerFault> {
         let s = self.shared?;
-        (self.faults > 0).then(|| {
-            (
-                s.rmw as f64 / self.faults as f64,
-                s.stores as f64 / self.faults as f64,
-            )
+        let per = |x: u64| x as f64 / self.faults as f64;
+        (self.faults > 0).then(|| SharedPerFault {
+            rmw: per(s.rmw),
+            stores: per(s.stores),
+            shared_writes: per(s.shared_writes),
         })
     }
 }
@@ -401,9 +426,22 @@ mod tests {
 
     #[test]
     fn instrumented_counts_are_per_fault() {
-        let line = format!("{SAMARA} shared_rmw=2050 shared_stores=4100 future_key=x");
+        let line = format!(
+            "{SAMARA} atomic_rmw=2050 atomic_stores=4100 shared_writes=205 shared_lines=3 \
+             future_key=x"
+        );
         let f = FaultStorm::from_line(&BenchLine::parse(&line).unwrap().unwrap()).unwrap();
-        assert_eq!(f.shared_writes_per_fault(), Some((1.0, 2.0)));
+        assert_eq!(
+            f.shared_writes_per_fault(),
+            Some(SharedPerFault {
+                rmw: 1.0,
+                stores: 2.0,
+                shared_writes: 0.1
+            })
+        );
+        let partial = format!("{SAMARA} atomic_rmw=2050");
+        let e = FaultStorm::from_line(&BenchLine::parse(&partial).unwrap().unwrap()).unwrap_err();
+        assert!(e.contains("atomic_stores"), "{e}");
     }
 
     #[test]

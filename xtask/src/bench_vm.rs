@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::bench::{Better, Estimate, Row, Status};
-use crate::bench_guest::{FaultStorm, GuestResults, OpLoop};
+use crate::bench_guest::{FaultStorm, GuestResults, OpLoop, SharedPerFault};
 use crate::bench_linux::{self, LinuxKernel};
 use crate::bench_plot::{Point, Series};
 use crate::build::KernelConfig;
@@ -540,18 +540,10 @@ fn share_unlocked(r: &GuestResults) -> Option<f64> {
         .and_then(FaultStorm::share_without_mmap_lock)
 }
 
-fn shared_rmws(r: &GuestResults) -> Option<f64> {
+fn shared_per_fault(r: &GuestResults) -> Option<SharedPerFault> {
     r.faultstorm
         .as_ref()
         .and_then(FaultStorm::shared_writes_per_fault)
-        .map(|s| s.0)
-}
-
-fn shared_stores(r: &GuestResults) -> Option<f64> {
-    r.faultstorm
-        .as_ref()
-        .and_then(FaultStorm::shared_writes_per_fault)
-        .map(|s| s.1)
 }
 
 fn storm_rows(
@@ -662,19 +654,32 @@ fn storm_rows(
                 rows.push(row);
             }
             // The instrumented build's counts, when its lines carry them.
-            if runs.get(sys, cpus).iter().any(|r| shared_rmws(r).is_some()) {
-                let counts: [(&str, Figure); 2] =
-                    [("atomic RMWs", shared_rmws), ("stores", shared_stores)];
-                for (what, f) in counts {
+            if runs
+                .get(sys, cpus)
+                .iter()
+                .any(|r| shared_per_fault(r).is_some())
+            {
+                let counts: [(&str, Figure); 3] = [
+                    ("writes to cache lines other CPUs write", |r| {
+                        shared_per_fault(r).map(|s| s.shared_writes)
+                    }),
+                    ("atomic read-modify-writes", |r| {
+                        shared_per_fault(r).map(|s| s.rmw)
+                    }),
+                    ("atomic stores", |r| shared_per_fault(r).map(|s| s.stores)),
+                ];
+                for (i, (what, f)) in counts.into_iter().enumerate() {
                     let mut row = Row::new(
                         &sec,
-                        &format!("{what} to shared cache lines per fault, {cpus} CPU(s), {l}"),
+                        &format!("{what} per fault, {cpus} CPU(s), {l}"),
                         "per fault",
                         Better::Lower,
                         acc,
                     )
                     .with(stat(runs.get(sys, cpus), f), None);
-                    row.target = Some("0 besides the VMA's refcount (RadixVM)".into());
+                    if i == 0 {
+                        row.target = Some("~0 for disjoint VMAs (RadixVM)".into());
+                    }
                     rows.push(row);
                 }
             }

@@ -11,6 +11,7 @@ pub mod bench_criterion;
 pub mod bench_guest;
 pub mod bench_linux;
 pub mod bench_plot;
+pub mod bench_shared;
 pub mod bench_vm;
 pub mod build;
 pub mod elf;
