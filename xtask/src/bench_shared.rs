@@ -129,13 +129,17 @@ pub fn rows(runs: &[Run]) -> Vec<Row> {
     let sec = "host: scalability by counting (count-shared-writes build, 2 threads faulting \
                in disjoint VMAs)";
     type Pick = fn(&LineCounts) -> f64;
-    let figures: [(&str, Pick); 4] = [
-        ("writes to cache lines both CPUs write, per fault", |c| {
-            c.shared_writes
+    let figures: [(&str, &'static str, Pick); 4] = [
+        (
+            "writes to cache lines both CPUs write, per fault",
+            "per fault",
+            |c| c.shared_writes,
+        ),
+        ("atomic read-modify-writes per fault", "per fault", |c| {
+            c.rmw
         }),
-        ("atomic read-modify-writes per fault", |c| c.rmw),
-        ("atomic stores per fault", |c| c.stores),
-        ("distinct cache lines both CPUs write", |c| {
+        ("atomic stores per fault", "per fault", |c| c.stores),
+        ("distinct cache lines both CPUs write", "lines", |c| {
             c.shared_lines as f64
         }),
     ];
@@ -148,8 +152,8 @@ pub fn rows(runs: &[Run]) -> Vec<Row> {
         Estimate::of_runs(&v)
     };
     let mut out = Vec::new();
-    for (i, (name, pick)) in figures.into_iter().enumerate() {
-        let (unit, fig) = ("per fault", of(pick, true));
+    for (i, (name, unit, pick)) in figures.into_iter().enumerate() {
+        let fig = of(pick, true);
         let mut row = Row::new(
             sec,
             &format!("{name}, per-VMA locks"),
