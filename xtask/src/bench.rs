@@ -255,6 +255,7 @@ pub fn format_value(unit: &str, v: f64) -> String {
         }
         "%" => format!("{:.1}%", v * 100.0),
         "faults/s" => format!("{}/s", crate::bench_plot::human(v)),
+        "cycles" if v.abs() >= 1e4 => format!("{} cycles", crate::bench_plot::human(v)),
         "cycles" => format!("{} cycles", sig3(v)),
         _ => format!("{} {unit}", sig3(v)),
     }
@@ -290,7 +291,7 @@ fn format_estimate(unit: &str, e: &Estimate) -> String {
             .to_string()
     };
     let (lo, hi) = match unit {
-        "ns" | "cycles" => {
+        "ns" | "cycles" if !(unit == "cycles" && e.value.abs() >= 1e4) => {
             // Keep the scale of the point value.
             let scale = if unit == "ns" {
                 match e.value.abs() {
@@ -395,8 +396,12 @@ impl MachineInfo {
                 .args(["rev-parse", "--short=12", "HEAD"])
                 .current_dir(workspace_root()),
         );
+        let mut cpu_model = field("model name").unwrap_or_else(|| "unknown".into());
+        if let (Some(fam), Some(model)) = (field("cpu family"), field("model")) {
+            cpu_model.push_str(&format!(" (family {fam}, model {model})"));
+        }
         MachineInfo {
-            cpu_model: field("model name").unwrap_or_else(|| "unknown".into()),
+            cpu_model,
             logical_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             ram_bytes: ram_kib * 1024,
             host_kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -1052,7 +1057,12 @@ mod tests {
         assert_eq!(format_value("ns", 18.83), "18.8 ns");
         assert_eq!(format_value("ns", 15_600_000.0), "15.6 ms");
         assert_eq!(format_value("%", 0.975), "97.5%");
-        assert_eq!(format_value("faults/s", 1_500_000.0), "1.500M/s");
+        assert_eq!(format_value("faults/s", 1_500_000.0), "1.50M/s");
+        assert_eq!(format_value("cycles", 3_879_738.0), "3.88M cycles");
+        assert_eq!(
+            format_estimate("cycles", &ci(72_132.0, 70_861.0, 72_286.0)),
+            "72.1k cycles [70.9k, 72.3k]"
+        );
         assert_eq!(
             format_estimate("ns", &ci(1500.0, 1400.0, 1600.0)),
             "1.50 µs [1.40, 1.60]"

@@ -23,6 +23,9 @@ use crate::{workspace_root, Arch, Error, Result};
 /// The Debian metapackage that names the current kernel image package.
 pub const META_PACKAGE: &str = "linux-image-amd64";
 
+/// The first Linux release with per-VMA locking (`CONFIG_PER_VMA_LOCK`).
+const PER_VMA_LOCK_SINCE: (u32, u32, u32) = (6, 4, 0);
+
 /// Where downloaded kernels are unpacked: `target/linux/<package>/boot/`.
 pub fn cache_dir() -> PathBuf {
     workspace_root().join("target").join("linux")
@@ -177,6 +180,12 @@ pub fn kernel(custom: Option<&Path>) -> Result<LinuxKernel> {
              (run apt-get update?) {skip_hint}"
         )));
     };
+    if package_kernel_version(&pkg).is_some_and(|v| v < PER_VMA_LOCK_SINCE) {
+        println!(
+            "xtask: note: the newest kernel apt knows is {pkg}, older than 6.4: no per-VMA \
+             locking in the anchor (on Debian 12, enable bookworm-backports for 6.12)"
+        );
+    }
     let dir = cache_dir().join(&pkg);
     if let Some(image) = cached_image(&dir) {
         return Ok(LinuxKernel::from_image(image, Some(pkg)));

@@ -107,19 +107,25 @@ where
     Ok(())
 }
 
-/// 1234567 -> "1.23M".
+/// Three significant digits with a k/M/G suffix: 1234567 -> "1.23M".
 pub fn human(x: f64) -> String {
     let a = x.abs();
-    if a >= 1e9 {
-        format!("{:.3}G", x / 1e9)
+    let (v, suffix) = if a >= 1e9 {
+        (x / 1e9, "G")
     } else if a >= 1e6 {
-        format!("{:.3}M", x / 1e6)
+        (x / 1e6, "M")
     } else if a >= 1e3 {
-        format!("{:.3}k", x / 1e3)
+        (x / 1e3, "k")
     } else {
-        format!("{x:.3}")
-    }
-    .replace(".000", "")
+        (x, "")
+    };
+    let digits = match v.abs() {
+        v if v >= 100.0 || v == 0.0 => 0,
+        v if v >= 10.0 => 1,
+        v if v >= 1.0 => 2,
+        _ => 3,
+    };
+    format!("{v:.digits$}{suffix}")
 }
 
 /// Writes the plot to `path`.
@@ -164,8 +170,10 @@ mod tests {
 
     #[test]
     fn human_numbers() {
-        assert_eq!(human(1_234_567.0), "1.235M");
-        assert_eq!(human(2000.0), "2k");
-        assert_eq!(human(12.5), "12.500");
+        assert_eq!(human(1_234_567.0), "1.23M");
+        assert_eq!(human(2000.0), "2.00k");
+        assert_eq!(human(87_424.0), "87.4k");
+        assert_eq!(human(12.5), "12.5");
+        assert_eq!(human(0.0), "0");
     }
 }
