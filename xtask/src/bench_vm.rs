@@ -185,24 +185,78 @@ fn timeout(accel: Accel, cpus: u32) -> Duration {
     }
 }
 
+/// The work both systems do at `cpus` CPUs under `accel`: one faulting
+/// thread per CPU, 1024-page regions, and enough rounds for the storm to
+/// last well above timer resolution (TCG runs ~50x slower than KVM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Work {
+    pub threads: u32,
+    pub pages: u32,
+    pub rounds: u32,
+    pub mmap_ops: u32,
+    pub mmap_pages: u32,
+    pub fork_ops: u32,
+    pub fork_pages: u32,
+}
+
+impl Work {
+    pub fn new(accel: Accel, cpus: u32) -> Work {
+        let kvm = accel == Accel::Kvm;
+        Work {
+            threads: cpus,
+            pages: 1024,
+            rounds: if kvm { 32 } else { 8 },
+            mmap_ops: if kvm { 100_000 } else { 10_000 },
+            mmap_pages: 4,
+            fork_ops: if kvm { 2_000 } else { 200 },
+            fork_pages: 64,
+        }
+    }
+
+    /// Samara's command line: the kernel's own keys (kx86's
+    /// boot/src/options.rs: `threads=`, `pages=`, `rounds=`).
+    pub fn samara_args(&self, per_vma_lock: bool) -> String {
+        format!(
+            "workload=faultstorm{} threads={} pages={} rounds={}",
+            if per_vma_lock { " per_vma_lock=on" } else { "" },
+            self.threads,
+            self.pages,
+            self.rounds
+        )
+    }
+
+    /// The anchor's parameters (`anchor_KEY=VALUE` on Linux's command line).
+    pub fn anchor_params(&self) -> Vec<(String, String)> {
+        [
+            ("threads", self.threads),
+            ("pages", self.pages),
+            ("rounds", self.rounds),
+            ("mmap_ops", self.mmap_ops),
+            ("mmap_pages", self.mmap_pages),
+            ("fork_ops", self.fork_ops),
+            ("fork_pages", self.fork_pages),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
 /// Boots Samara with `workload=faultstorm`.
 fn boot_samara(
     arch: Arch,
     image: &Path,
     system: System,
     machine: &Machine,
+    work: &Work,
     log: PathBuf,
 ) -> std::result::Result<GuestResults, Status> {
-    let args = if system.per_vma_lock() {
-        "workload=faultstorm per_vma_lock=on"
-    } else {
-        "workload=faultstorm"
-    };
+    let args = work.samara_args(system.per_vma_lock());
     let t = timeout(machine.accel, machine.smp);
     let report = qemu::run(&RunSpec {
         arch,
         image,
-        kernel_args: args,
+        kernel_args: &args,
         machine,
         log,
         timeout: Some(t),
@@ -210,82 +264,68 @@ fn boot_samara(
     })
     .map_err(|e| Status::Failed(e.to_string()))?;
     let log = report.log.display().to_string();
-    if report
-        .output
-        .lines()
-        .any(|l| l.contains("bad kernel command line") && l.contains("workload"))
-    {
-        return Err(Status::Pending(
-            "this kernel has no `workload=faultstorm` yet (issue 6: branches kx86, kmips)".into(),
-        ));
+    // A kernel from before the workloads (issue 6) refuses the command
+    // line, or lacks the program.
+    if let Some(l) = report.output.lines().find(|l| {
+        l.contains("bad kernel command line") || l.contains("has no user program `faultstorm`")
+    }) {
+        return Err(Status::Pending(format!(
+            "this kernel cannot run `{args}` yet (issue 6, branches kx86/kmips): {}",
+            l.trim().trim_start_matches("samara: result: fail: ")
+        )));
     }
+    let r = GuestResults::from_output(&report.output)
+        .map_err(|e| Status::Failed(format!("{e} (serial log {log})")))?;
     if report.outcome != Outcome::Pass {
         return Err(Status::Failed(format!(
             "{} (serial log {log})",
             report.outcome.describe(Some(t))
         )));
     }
-    let r = GuestResults::from_output(&report.output)
-        .map_err(|e| Status::Failed(format!("{e} (serial log {log})")))?;
-    let Some(fs) = &r.faultstorm else {
+    let Some(s) = &r.summary else {
         return Err(Status::Failed(format!(
-            "the kernel printed no `samara: bench: faultstorm` line (format: BENCHMARKS.md, \
-             \"Summary lines\"; serial log {log})"
+            "the kernel printed no `samara: summary:` line (serial log {log})"
         )));
     };
-    if fs.per_vma_lock != Some(system.per_vma_lock()) {
+    if s.workload != "faultstorm" || s.status != 0 || !s.checks_pass {
         return Err(Status::Failed(format!(
-            "faultstorm reported pvl={:?} but was booted for {} (serial log {log})",
-            fs.per_vma_lock,
+            "workload {} exited with status {}, checks {} (serial log {log})",
+            s.workload,
+            s.status,
+            if s.checks_pass { "pass" } else { "fail" }
+        )));
+    }
+    if s.per_vma_lock != system.per_vma_lock() {
+        return Err(Status::Failed(format!(
+            "the kernel ran with per_vma_lock={} but was booted for {} (serial log {log})",
+            if s.per_vma_lock { "on" } else { "off" },
             system.label()
         )));
     }
+    let Some(f) = &r.faultstorm else {
+        return Err(Status::Failed(format!(
+            "faultstorm printed no `faultstorm: threads=...` line (serial log {log})"
+        )));
+    };
+    if f.vma.is_none() || f.cycles_per_fault.is_none() {
+        return Err(Status::Failed(format!(
+            "Samara's faultstorm line lacks the VMA_LOCK_* counters or cycles_per_fault \
+             (serial log {log})"
+        )));
+    }
+    if (f.threads, f.pages, f.rounds)
+        != (
+            u64::from(work.threads),
+            u64::from(work.pages),
+            u64::from(work.rounds),
+        )
+    {
+        return Err(Status::Failed(format!(
+            "faultstorm ran threads={} pages={} rounds={}, not what `{args}` asked",
+            f.threads, f.pages, f.rounds
+        )));
+    }
     Ok(r)
-}
-
-/// The anchor's parameters: Samara's own, read from its lines of the same
-/// round, so both do the same work; defaults sized for `accel` otherwise.
-fn anchor_params(samara: Option<&GuestResults>, accel: Accel) -> Vec<(String, String)> {
-    let mut p: Vec<(String, String)> = Vec::new();
-    let mut put = |k: &str, v: u64| p.push((k.to_string(), v.to_string()));
-    let fs = samara.and_then(|r| r.faultstorm.as_ref());
-    let mm = samara.and_then(|r| r.mmap_loop.as_ref());
-    let fk = samara.and_then(|r| r.fork_loop.as_ref());
-    let kvm = accel == Accel::Kvm;
-    match fs {
-        Some(f) => {
-            put("threads", f.threads);
-            put("pages", f.pages);
-            put("rounds", f.rounds);
-            put("mapper_pages", f.mapper_pages);
-        }
-        None => {
-            put("pages", 1024);
-            put("rounds", if kvm { 64 } else { 8 });
-            put("mapper_pages", 4);
-        }
-    }
-    match mm {
-        Some(m) => {
-            put("mmap_ops", m.ops);
-            put("mmap_pages", m.pages);
-        }
-        None => {
-            put("mmap_ops", if kvm { 100_000 } else { 10_000 });
-            put("mmap_pages", 4);
-        }
-    }
-    match fk {
-        Some(f) => {
-            put("fork_ops", f.ops);
-            put("fork_pages", f.pages);
-        }
-        None => {
-            put("fork_ops", if kvm { 2_000 } else { 200 });
-            put("fork_pages", 64);
-        }
-    }
-    p
 }
 
 /// The Linux kernel and initramfs, prepared once.
@@ -348,7 +388,7 @@ fn measure(
                 accel,
                 gdb: false,
             };
-            let mut samara_pvl_this_round: Option<GuestResults> = None;
+            let work = Work::new(accel, cpus);
             for &sys in systems {
                 n += 1;
                 if runs.status(sys) != Status::Measured {
@@ -369,39 +409,33 @@ fn measure(
                     System::SamaraPvl | System::SamaraMmapLock => kernels
                         .image(sys.per_vma_lock())
                         .map_err(|e| Status::Failed(format!("kernel build: {e}")))
-                        .and_then(|img| boot_samara(arch, &img, sys, &machine, log)),
+                        .and_then(|img| boot_samara(arch, &img, sys, &machine, &work, log)),
                     System::Linux => {
                         let a = anchor
                             .get_or_insert_with(|| prepare_anchor(o).map_err(|e| e.to_string()));
                         match a {
                             Err(e) => Err(Status::Failed(e.clone())),
-                            Ok(a) => {
-                                let params = anchor_params(samara_pvl_this_round.as_ref(), accel);
-                                bench_linux::run(
-                                    &a.kernel,
-                                    &a.initramfs,
-                                    &machine,
-                                    &params,
-                                    log,
-                                    timeout(accel, cpus),
-                                )
-                                .map(|run| {
-                                    if mitigations.is_empty() {
-                                        *mitigations = mitigations_of(&run.output);
-                                    }
-                                    run.results
-                                })
-                                .map_err(|e| Status::Failed(e.to_string()))
-                            }
+                            Ok(a) => bench_linux::run(
+                                &a.kernel,
+                                &a.initramfs,
+                                &machine,
+                                &work.anchor_params(),
+                                log,
+                                timeout(accel, cpus),
+                            )
+                            .map(|run| {
+                                if mitigations.is_empty() {
+                                    *mitigations = mitigations_of(&run.output);
+                                }
+                                run.results
+                            })
+                            .map_err(|e| Status::Failed(e.to_string())),
                         }
                     }
                 };
                 match result {
                     Ok(r) => {
                         println!("xtask: {what}: {}", summary(&r));
-                        if sys == System::SamaraPvl {
-                            samara_pvl_this_round = Some(r.clone());
-                        }
                         runs.results.entry((sys, cpus)).or_default().push(r);
                     }
                     Err(s) => {
@@ -525,13 +559,14 @@ fn faults_per_sec(r: &GuestResults) -> Option<f64> {
 fn touch_cycles(r: &GuestResults) -> Option<f64> {
     r.faultstorm
         .as_ref()
-        .map(FaultStorm::touch_cycles_per_fault)
+        .and_then(FaultStorm::touch_cycles_per_fault)
 }
 
 fn kernel_cycles(r: &GuestResults) -> Option<f64> {
     r.faultstorm
         .as_ref()
-        .and_then(FaultStorm::kernel_cycles_per_fault)
+        .and_then(|f| f.cycles_per_fault)
+        .map(|c| c as f64)
 }
 
 fn share_unlocked(r: &GuestResults) -> Option<f64> {
@@ -714,13 +749,20 @@ fn annotate_counters(row: &mut Row, f: &FaultStorm) {
     row.note = Some(format!(
         "median run: VMA_LOCK_SUCCESS {}, ABORT {}, RETRY {}, MISS {}; under the mmap lock \
          {}; {} faults for {} touches; mapper {} mmap+munmap",
-        v.success, v.abort, v.retry, v.miss, v.mmap_locked, f.faults, f.touches, f.mapper_ops
+        v.success,
+        v.abort,
+        v.retry,
+        v.miss,
+        v.mmap_locked,
+        f.faults,
+        f.touches(),
+        f.mapper_ops
     ));
     row.details = json!({
         "vma_lock_success": v.success, "vma_lock_abort": v.abort,
         "vma_lock_retry": v.retry, "vma_lock_miss": v.miss,
         "mmap_locked": v.mmap_locked, "faults": f.faults,
-        "touches": f.touches, "threads": f.threads, "pages": f.pages,
+        "touches": f.touches(), "threads": f.threads, "pages": f.pages,
         "rounds": f.rounds, "mapper_ops": f.mapper_ops,
     });
 }
@@ -739,9 +781,14 @@ fn linux_storm_row(sec: &str, accel: Accel, runs: &Runs, cpus: u32) -> Option<Ro
     .note(format!(
         "median run: {} minor faults for {} touches ({} threads x {} pages x {} rounds); \
          mapper {} mmap+munmap",
-        f.faults, f.touches, f.threads, f.pages, f.rounds, f.mapper_ops
+        f.faults,
+        f.touches(),
+        f.threads,
+        f.pages,
+        f.rounds,
+        f.mapper_ops
     ));
-    if (f.faults as f64) < 0.95 * f.touches as f64 {
+    if (f.faults as f64) < 0.95 * f.touches() as f64 {
         row = row.status(Status::Failed(
             "Linux counted fewer faults than pages touched (huge pages?)".into(),
         ));
@@ -1031,42 +1078,46 @@ pub fn run(o: &GuestOptions) -> Result<GuestOutcome> {
 mod tests {
     use super::*;
 
-    fn results(os: &str, cpus: u32, ns: u64, extra: &str) -> GuestResults {
-        let line = format!(
-            "samara: bench: faultstorm v=1 os={os} arch=x86_64 cpus={cpus} threads={cpus} \
-             pages=10 rounds=1 touches={} faults={} ns={ns} touch_cycles=1000 mapper_pages=4 \
-             mapper_ops=5{extra}\n\
-             samara: bench: mmap-loop v=1 os={os} arch=x86_64 cpus={cpus} ops=10 pages=4 \
-             cycles=5000 ns=100\n",
-            10 * cpus,
+    /// One boot's lines: `cpus` threads x 10 pages x 1 round in `ns`, an
+    /// mmap loop of 10 ops in 5000 cycles; `extra` joins the storm line.
+    fn results(cpus: u32, ns: u64, extra: &str) -> GuestResults {
+        let out = format!(
+            "faultstorm: threads={cpus} pages=10 rounds=1 faults={} ns={ns} mapper_ops=5 \
+             touch_cycles=1000{extra}\n\
+             mmap-loop: ops=10 pages=4 cycles=5000 ns=100\n",
             10 * cpus
         );
-        GuestResults::from_output(&line).unwrap()
+        GuestResults::from_output(&out).unwrap()
     }
 
-    const SAMARA_EXTRA: &str = " fault_cycles=500 fault_samples=10 vma_lock_success=9 \
-        vma_lock_abort=0 vma_lock_retry=0 vma_lock_miss=0 mmap_locked=1";
+    const SAMARA_EXTRA: &str = " cycles_per_fault=50 vma_success=9 vma_abort=0 vma_retry=0 \
+        vma_miss=0 mmap_locked=1";
 
     #[test]
-    fn anchor_follows_samara_parameters() {
-        let s = results("samara", 2, 1000, &format!(" pvl=on{SAMARA_EXTRA}"));
-        let p = anchor_params(Some(&s), Accel::Tcg);
+    fn both_systems_get_the_same_work() {
+        let w = Work::new(Accel::Tcg, 4);
+        assert_eq!(
+            w.samara_args(true),
+            "workload=faultstorm per_vma_lock=on threads=4 pages=1024 rounds=8"
+        );
+        assert_eq!(
+            w.samara_args(false),
+            "workload=faultstorm threads=4 pages=1024 rounds=8"
+        );
+        let p = w.anchor_params();
         let get = |k: &str| p.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
-        assert_eq!(get("threads"), Some("2"));
-        assert_eq!(get("pages"), Some("10"));
-        assert_eq!(get("mmap_ops"), Some("10"));
-        // No fork-loop line from Samara: the default for the accelerator.
-        assert_eq!(get("fork_ops"), Some("200"));
-        let d = anchor_params(None, Accel::Kvm);
-        assert!(d.iter().any(|(k, v)| k == "rounds" && v == "64"));
-        assert!(!d.iter().any(|(k, _)| k == "threads"));
+        assert_eq!(
+            (get("threads"), get("pages"), get("rounds")),
+            (Some("4"), Some("1024"), Some("8"))
+        );
+        assert!(Work::new(Accel::Kvm, 1).rounds > w.rounds);
     }
 
     #[test]
     fn rows_compare_against_linux_and_pend_without_samara() {
         let mut runs = Runs::default();
         runs.results
-            .insert((System::Linux, 1), vec![results("linux", 1, 1_000_000, "")]);
+            .insert((System::Linux, 1), vec![results(1, 1_000_000, "")]);
         runs.status.insert(
             System::SamaraPvl,
             Status::Pending("no workload=faultstorm".into()),
@@ -1094,12 +1145,7 @@ mod tests {
         runs.status.clear();
         runs.results.insert(
             (System::SamaraPvl, 1),
-            vec![results(
-                "samara",
-                1,
-                500_000,
-                &format!(" pvl=on{SAMARA_EXTRA}"),
-            )],
+            vec![results(1, 500_000, SAMARA_EXTRA)],
         );
         let rows = storm_rows(Arch::X86_64, Accel::Tcg, &runs, &[1], true, "");
         let r = rows

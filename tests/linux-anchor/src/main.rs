@@ -4,15 +4,19 @@
 //!
 //! xtask packs this program as `/init` of a tiny initramfs (no shell, no
 //! libc outside this static executable), boots a Debian kernel with it, and
-//! reads the `samara: bench:` lines it prints on the console (the format is
-//! in BENCHMARKS.md, "Summary lines"; xtask/src/bench_guest.rs parses it):
+//! reads the lines it prints on the console, which have the form of
+//! Samara's own (BENCHMARKS.md, "In-guest lines"; parsed by
+//! xtask/src/bench_guest.rs):
 //!
-//! - `faultstorm`: `threads` threads each map a private anonymous region of
-//!   `pages` pages, write one byte to every page (one minor anonymous fault
-//!   each), unmap it, `rounds` times; meanwhile one more thread maps and
-//!   unmaps unrelated `mapper_pages`-page regions in a loop (taking the mmap
-//!   lock for writing again and again). Reports wall-clock time, the TSC
-//!   cycles spent in the touch loops, and the minor faults Linux counted.
+//! - `faultstorm`, as Samara's `kernel/user/src/bin/faultstorm.rs` does it:
+//!   `threads` threads each map a private anonymous region of `pages` pages,
+//!   write a word to every page (one minor fault each), read back every 97th
+//!   page, unmap it, `rounds` times; meanwhile one more thread maps an
+//!   8-page region, writes its first page and unmaps it, in a loop (taking
+//!   the mmap lock for writing again and again). Wall-clock time runs from
+//!   before the faulting threads start until all are joined; the faults are
+//!   Linux's minor-fault count over that time (the mapper's included, as
+//!   Samara counts them); the TSC cycles spent in the write loops are summed.
 //! - `mmap-loop`: one thread maps and unmaps an untouched `mmap_pages`-page
 //!   region `mmap_ops` times; TSC cycles per mmap+munmap pair.
 //! - `fork-loop`: with `fork_pages` pages of anonymous memory written, fork a
@@ -27,15 +31,13 @@
 //! as an ordinary process it just exits.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::Instant;
 
 const PAGE: usize = 4096;
 
-/// Prefix of every machine-readable line (BENCHMARKS.md, "Summary lines").
-const BENCH_PREFIX: &str = "samara: bench:";
-/// Version of the summary-line format this program writes.
-const FORMAT_VERSION: u32 = 1;
+/// Pages of each region the `faultstorm` mapper thread maps (as Samara's).
+const MAPPER_PAGES: usize = 8;
 
 /// The workloads, by the names the summary lines carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,8 +64,6 @@ struct Params {
     pages: usize,
     /// Map-touch-unmap rounds per faulting thread.
     rounds: usize,
-    /// Pages per region of the `faultstorm` mapper thread.
-    mapper_pages: usize,
     mmap_ops: u64,
     mmap_pages: usize,
     fork_ops: u64,
@@ -107,8 +107,7 @@ impl Params {
         Ok(Params {
             threads: num("anchor_threads", cpus as u64, 1024)? as usize,
             pages: num("anchor_pages", 1024, max_pages)? as usize,
-            rounds: num("anchor_rounds", 16, 1 << 20)? as usize,
-            mapper_pages: num("anchor_mapper_pages", 4, max_pages)? as usize,
+            rounds: num("anchor_rounds", 4, 1 << 20)? as usize,
             mmap_ops: num("anchor_mmap_ops", 20_000, 1 << 30)?,
             mmap_pages: num("anchor_mmap_pages", 4, max_pages)? as usize,
             fork_ops: num("anchor_fork_ops", 500, 1 << 24)?,
@@ -118,20 +117,16 @@ impl Params {
     }
 }
 
-/// One `samara: bench:` line: the workload's name, then `key=value` pairs.
+/// One machine-readable line: `NAME: key=value ...`.
 struct Line {
     text: String,
 }
 
 impl Line {
-    fn new(name: &str) -> Line {
-        let mut l = Line {
-            text: format!("{BENCH_PREFIX} {name}"),
-        };
-        l.push("v", FORMAT_VERSION);
-        l.push("os", "linux");
-        l.push("arch", std::env::consts::ARCH);
-        l
+    fn new(prefix: &str) -> Line {
+        Line {
+            text: prefix.to_string(),
+        }
     }
 
     fn push(&mut self, key: &str, value: impl std::fmt::Display) -> &mut Line {
@@ -200,16 +195,41 @@ impl Region {
         Ok(Region { ptr: p.cast(), len })
     }
 
-    /// Writes one byte to every page (first touch: one minor fault each);
-    /// returns the TSC cycles the loop took.
-    fn touch(&self) -> u64 {
+    /// Writes `tag << 32 | page index` to every page (first touch: one
+    /// minor fault each); returns the TSC cycles the loop took.
+    fn touch(&self, tag: u64) -> u64 {
         let t0 = rdtsc();
-        for off in (0..self.len).step_by(PAGE) {
-            // SAFETY: `off < len`, and [ptr, ptr + len) is this region's
-            // read-write mapping, which lives until `self` is dropped.
-            unsafe { self.ptr.add(off).write_volatile(1) };
+        for (i, off) in (0..self.len).step_by(PAGE).enumerate() {
+            // SAFETY: `off + 8 <= len`, page-aligned, and [ptr, ptr + len)
+            // is this region's read-write mapping, alive until `self` drops.
+            unsafe {
+                self.ptr
+                    .add(off)
+                    .cast::<u64>()
+                    .write_volatile(tag << 32 | i as u64)
+            };
         }
         rdtsc() - t0
+    }
+
+    /// Reads back every 97th page written by [`Region::touch`].
+    fn check(&self, tag: u64) -> Result<(), String> {
+        for (i, off) in (0..self.len).step_by(PAGE).enumerate().step_by(97) {
+            // SAFETY: as in `touch`.
+            let v = unsafe { self.ptr.add(off).cast::<u64>().read_volatile() };
+            if v != tag << 32 | i as u64 {
+                return Err(format!("page {i} of thread {tag} holds {v:#x}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Region {
+    /// The mapper's touch: one word in the first page.
+    fn touch_first(&self) {
+        // SAFETY: the region is at least one page, mapped read-write.
+        unsafe { self.ptr.cast::<u64>().write_volatile(1) };
     }
 }
 
@@ -222,41 +242,39 @@ impl Drop for Region {
 }
 
 fn faultstorm(p: &Params, cpus: usize) -> Result<Line, String> {
-    let start = Arc::new(Barrier::new(p.threads + 2));
     let stop = Arc::new(AtomicBool::new(false));
     let mapper_ops = Arc::new(AtomicU64::new(0));
-    let faulters: Vec<_> = (0..p.threads)
-        .map(|_| {
-            let start = start.clone();
-            let (pages, rounds) = (p.pages, p.rounds);
-            std::thread::spawn(move || -> Result<u64, String> {
-                start.wait();
-                let mut cycles = 0;
-                for _ in 0..rounds {
-                    let r = Region::map(pages)?;
-                    cycles += r.touch();
-                }
-                Ok(cycles)
-            })
-        })
-        .collect();
+    // The mapper runs before the clock starts, as in Samara's faultstorm.
     let mapper = {
-        let (start, stop, ops) = (start.clone(), stop.clone(), mapper_ops.clone());
-        let pages = p.mapper_pages;
+        let (stop, ops) = (stop.clone(), mapper_ops.clone());
         std::thread::spawn(move || -> Result<(), String> {
-            start.wait();
             // Pairs with the Release store after the faulters are joined:
-            // once seen, the storm is over and further ops are not counted.
+            // once seen, the storm is over.
             while !stop.load(Ordering::Acquire) {
-                drop(Region::map(pages)?);
+                let r = Region::map(MAPPER_PAGES)?;
+                r.touch_first();
+                drop(r);
                 ops.fetch_add(1, Ordering::Relaxed);
             }
             Ok(())
         })
     };
-    let faults_before = minor_faults()?;
-    start.wait();
     let t0 = Instant::now();
+    let faults_before = minor_faults()?;
+    let faulters: Vec<_> = (0..p.threads)
+        .map(|id| {
+            let (pages, rounds) = (p.pages, p.rounds);
+            std::thread::spawn(move || -> Result<u64, String> {
+                let mut cycles = 0;
+                for _ in 0..rounds {
+                    let r = Region::map(pages)?;
+                    cycles += r.touch(id as u64);
+                    r.check(id as u64)?;
+                }
+                Ok(cycles)
+            })
+        })
+        .collect();
     let mut touch_cycles = 0u64;
     let mut first_err = None;
     for f in faulters {
@@ -266,8 +284,8 @@ fn faultstorm(p: &Params, cpus: usize) -> Result<Line, String> {
             Err(_) => first_err = first_err.or(Some("a faulting thread panicked".into())),
         }
     }
-    let ns = t0.elapsed().as_nanos();
-    let ops = mapper_ops.load(Ordering::Relaxed);
+    let ns = t0.elapsed().as_nanos().max(1);
+    let faults = minor_faults()? - faults_before;
     // Pairs with the Acquire load in the mapper's loop.
     stop.store(true, Ordering::Release);
     match mapper.join() {
@@ -275,25 +293,24 @@ fn faultstorm(p: &Params, cpus: usize) -> Result<Line, String> {
         Ok(Err(e)) => first_err = first_err.or(Some(e)),
         Err(_) => first_err = first_err.or(Some("the mapper thread panicked".into())),
     }
-    let faults = minor_faults()? - faults_before;
     if let Some(e) = first_err {
         return Err(format!("faultstorm: {e}"));
     }
-    let mut l = Line::new("faultstorm");
-    l.push("cpus", cpus)
-        .push("threads", p.threads)
+    let ops = mapper_ops.load(Ordering::Relaxed);
+    let mut l = Line::new("faultstorm:");
+    l.push("threads", p.threads)
         .push("pages", p.pages)
         .push("rounds", p.rounds)
-        .push("touches", p.threads * p.pages * p.rounds)
         .push("faults", faults)
         .push("ns", ns)
+        .push("faults_per_sec", u128::from(faults) * 1_000_000_000 / ns)
+        .push("mapper_ops", ops)
         .push("touch_cycles", touch_cycles)
-        .push("mapper_pages", p.mapper_pages)
-        .push("mapper_ops", ops);
+        .push("cpus", cpus);
     Ok(l)
 }
 
-fn mmap_loop(p: &Params, cpus: usize) -> Result<Line, String> {
+fn mmap_loop(p: &Params) -> Result<Line, String> {
     let t0 = Instant::now();
     let c0 = rdtsc();
     for _ in 0..p.mmap_ops {
@@ -301,18 +318,17 @@ fn mmap_loop(p: &Params, cpus: usize) -> Result<Line, String> {
     }
     let cycles = rdtsc() - c0;
     let ns = t0.elapsed().as_nanos();
-    let mut l = Line::new("mmap-loop");
-    l.push("cpus", cpus)
-        .push("ops", p.mmap_ops)
+    let mut l = Line::new("mmap-loop:");
+    l.push("ops", p.mmap_ops)
         .push("pages", p.mmap_pages)
         .push("cycles", cycles)
         .push("ns", ns);
     Ok(l)
 }
 
-fn fork_loop(p: &Params, cpus: usize) -> Result<Line, String> {
+fn fork_loop(p: &Params) -> Result<Line, String> {
     let mem = Region::map(p.fork_pages)?;
-    mem.touch();
+    mem.touch(0);
     let t0 = Instant::now();
     let c0 = rdtsc();
     for _ in 0..p.fork_ops {
@@ -341,9 +357,8 @@ fn fork_loop(p: &Params, cpus: usize) -> Result<Line, String> {
     let cycles = rdtsc() - c0;
     let ns = t0.elapsed().as_nanos();
     drop(mem);
-    let mut l = Line::new("fork-loop");
-    l.push("cpus", cpus)
-        .push("ops", p.fork_ops)
+    let mut l = Line::new("fork-loop:");
+    l.push("ops", p.fork_ops)
         .push("pages", p.fork_pages)
         .push("cycles", cycles)
         .push("ns", ns);
@@ -374,9 +389,9 @@ fn describe_system(cpus: usize) -> Result<Line, String> {
     }
     // SAFETY: uname NUL-terminates `release` within the array.
     let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) };
-    let mut l = Line::new("system");
-    l.push("cpus", cpus)
-        .push("release", release.to_string_lossy().replace(' ', "_"));
+    let mut l = Line::new("linux-anchor: system:");
+    l.push("release", release.to_string_lossy().replace(' ', "_"))
+        .push("cpus", cpus);
     if let Ok(thp) = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled") {
         // "always madvise [never]": the bracketed word is the setting.
         if let Some(sel) = thp.split_whitespace().find(|w| w.starts_with('[')) {
@@ -418,8 +433,8 @@ fn run(pid1: bool) -> Result<(), String> {
     for &w in &params.run {
         let line = match w {
             Workload::FaultStorm => faultstorm(&params, cpus)?,
-            Workload::MmapLoop => mmap_loop(&params, cpus)?,
-            Workload::ForkLoop => fork_loop(&params, cpus)?,
+            Workload::MmapLoop => mmap_loop(&params)?,
+            Workload::ForkLoop => fork_loop(&params)?,
         };
         println!("{}", line.text);
     }
@@ -542,13 +557,16 @@ mod tests {
         .unwrap();
         let fs = faultstorm(&p, 2).unwrap().text;
         assert!(
-            fs.starts_with("samara: bench: faultstorm v=1 os=linux"),
+            fs.starts_with("faultstorm: threads=2 pages=16 rounds=2 faults="),
             "{fs}"
         );
-        assert!(fs.contains(" touches=64 "), "{fs}");
-        let mm = mmap_loop(&p, 2).unwrap().text;
-        assert!(mm.contains(" ops=10 pages=4 "), "{mm}");
-        let fk = fork_loop(&p, 2).unwrap().text;
-        assert!(fk.contains(" ops=2 pages=64 "), "{fk}");
+        assert!(
+            fs.contains(" touch_cycles=") && fs.ends_with(" cpus=2"),
+            "{fs}"
+        );
+        let mm = mmap_loop(&p).unwrap().text;
+        assert!(mm.starts_with("mmap-loop: ops=10 pages=4 cycles="), "{mm}");
+        let fk = fork_loop(&p).unwrap().text;
+        assert!(fk.starts_with("fork-loop: ops=2 pages=64 cycles="), "{fk}");
     }
 }
