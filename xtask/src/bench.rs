@@ -254,6 +254,7 @@ pub fn format_value(unit: &str, v: f64) -> String {
             format!("{} {u}", sig3(x))
         }
         "%" => format!("{:.1}%", v * 100.0),
+        "percent" => format!("{v:.1}%"),
         "faults/s" => format!("{}/s", crate::bench_plot::human(v)),
         "cycles" if v.abs() >= 1e4 => format!("{} cycles", crate::bench_plot::human(v)),
         "cycles" => format!("{} cycles", sig3(v)),
@@ -525,7 +526,11 @@ fn captured_block(stdout: &str, marker: &str) -> Option<String> {
 }
 
 /// Blocks of bench output worth keeping in the report: (bench, marker).
-const CAPTURES: &[(&str, &str)] = &[("maple", "maple tree shape")];
+const CAPTURES: &[(&str, &str)] = &[
+    ("maple", "maple tree shape"),
+    ("fault", "fault_scaling:"),
+    ("fault", "vma_rcu_callbacks:"),
+];
 
 /// Runs one bench file under criterion; returns its stdout.
 fn run_host_bench(name: &str, quick: bool) -> Result<String> {
@@ -675,6 +680,83 @@ fn host_rows(
             .with(Some(r.time), None);
         row.details = json!({ "group": group, "estimator": r.estimator });
         rows.push(row);
+    }
+    rows
+}
+
+/// Rows of the figures benches print ([`bench_criterion::printed_pairs`]).
+fn printed_rows(
+    outputs: &BTreeMap<String, String>,
+    ran: &BTreeMap<String, std::result::Result<(), String>>,
+    present: &[String],
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for p in bench_criterion::printed_pairs() {
+        let better = if p.higher_is_better {
+            Better::Higher
+        } else {
+            Better::Lower
+        };
+        let mut row = Row::new(
+            &format!("host: {}", p.section),
+            &p.name,
+            p.unit,
+            better,
+            "host",
+        );
+        row.target = p.target.map(str::to_string);
+        if !present.iter().any(|b| b == p.bench) {
+            rows.push(row.status(Status::Pending(format!(
+                "mm/benches/{}.rs is not on this branch yet",
+                p.bench
+            ))));
+            continue;
+        }
+        let out = match (ran.get(p.bench), outputs.get(p.bench)) {
+            (None, _) => continue, // not selected by --only
+            (Some(Err(e)), _) => {
+                rows.push(row.status(Status::Failed(e.clone())));
+                continue;
+            }
+            (Some(Ok(())), out) => out.map_or("", String::as_str),
+        };
+        let one = |v: f64| Estimate {
+            value: v,
+            lo: v,
+            hi: v,
+            spread: Spread::Runs(1),
+        };
+        let fig = p.figure.find(out).map(one);
+        let base = p
+            .baseline
+            .as_ref()
+            .map(|(label, b)| (label.clone(), b.find(out).map(one)));
+        let lost: Vec<&str> = std::iter::once(&p.figure)
+            .filter(|_| fig.is_none())
+            .chain(
+                p.baseline
+                    .iter()
+                    .filter(|_| base.as_ref().is_some_and(|(_, e)| e.is_none()))
+                    .map(|(_, b)| b),
+            )
+            .map(|x| x.marker.as_str())
+            .collect();
+        if !lost.is_empty() {
+            rows.push(row.status(Status::Failed(format!(
+                "mm/benches/{}.rs printed no number after {} (fix the entry in \
+                 xtask/src/bench_criterion.rs, printed_pairs)",
+                p.bench,
+                lost.iter()
+                    .map(|m| format!("`{m}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))));
+            continue;
+        }
+        rows.push(
+            row.with(fig, base)
+                .note("printed by the bench: one measurement"),
+        );
     }
     rows
 }
@@ -875,12 +957,14 @@ pub fn run(o: &Options) -> Result<()> {
     // Host benches.
     let present = bench_criterion::bench_files(&root);
     let mut ran = BTreeMap::new();
+    let mut outputs = BTreeMap::new();
     for b in &present {
         if !o.wants_host_bench(b) {
             continue;
         }
         let r = run_host_bench(b, o.quick);
         if let Ok(out) = &r {
+            outputs.insert(b.clone(), out.clone());
             for (bench, marker) in CAPTURES {
                 if bench == b {
                     if let Some(block) = captured_block(out, marker) {
@@ -894,6 +978,7 @@ pub fn run(o: &Options) -> Result<()> {
     if !ran.is_empty() || o.wants("host") {
         let results = bench_criterion::collect(&criterion_home(), started).map_err(Error::new)?;
         rows.extend(host_rows(&results, &ran, &present));
+        rows.extend(printed_rows(&outputs, &ran, &present));
         if o.quick {
             notes.push(format!(
                 "host benches ran with `--quick` (criterion {}): wider intervals than a full run",
@@ -1131,8 +1216,27 @@ mod tests {
             .find(|r| r.name == "slab alloc+free 200 B, 2 threads")
             .unwrap();
         assert!(matches!(&two.status, Status::Failed(w) if w.contains("not found")));
-        let fault = rows.iter().find(|r| r.section == "host: fault").unwrap();
+        let printed = printed_rows(&BTreeMap::new(), &ran, &present);
+        let fault = printed.iter().find(|r| r.section == "host: fault").unwrap();
         assert!(matches!(&fault.status, Status::Pending(w) if w.contains("fault.rs")));
+        // Present and run, but printing something else: a failure naming
+        // the marker; printing the lines: figures and a ratio.
+        let present = vec!["fault".to_string()];
+        let mut ran = BTreeMap::new();
+        ran.insert("fault".to_string(), Ok(()));
+        let mut outputs = BTreeMap::new();
+        outputs.insert("fault".to_string(), "something else\n".to_string());
+        let bad = printed_rows(&outputs, &ran, &present);
+        assert!(matches!(&bad[0].status, Status::Failed(w) if w.contains("per-VMA locks:")));
+        outputs.insert(
+            "fault".to_string(),
+            "  1 faulting thread(s): per-VMA locks: 1.0 M faults/s alone, 0.9 M with x (90.0 %)\n\
+             1 faulting thread(s): mmap lock only: 1.0 M faults/s alone, 0.3 M with x (30.0 %)\n"
+                .to_string(),
+        );
+        let good = printed_rows(&outputs, &ran, &present);
+        assert_eq!(good[0].ratio.unwrap().value, 3.0);
+        assert_eq!(good[1].figure.unwrap().value, 90.0);
         assert!(rows.iter().any(|r| r.name == "alloc+free 200 B/extra"));
         // Benches not selected by --only leave no rows.
         assert!(!rows

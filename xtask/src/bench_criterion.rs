@@ -276,20 +276,105 @@ pub fn pairs() -> Vec<Pair> {
             );
         }
     }
-    // Issue 5: host fault throughput, per-VMA locks vs the mmap lock only,
-    // with a third thread looping mmap/munmap. Expected ids; adjust here
-    // when mm/benches/fault.rs lands (branch aspace-verify) if they differ.
-    for t in [1, 2] {
-        v.push(
-            Pair::new(
-                "fault",
-                "fault",
-                format!("fault, {t} faulting thread(s) + mmap/munmap thread"),
-                format!("fault/per_vma/{t}"),
-            )
-            .vs("mmap lock only", format!("fault/mmap_lock/{t}")),
-        );
+    v
+}
+
+/// A number a bench prints itself (measurements criterion cannot express,
+/// such as throughput of several threads at once): the `index`-th decimal
+/// number after `marker` on the first stdout line containing it.
+#[derive(Debug, Clone)]
+pub struct Printed {
+    pub marker: String,
+    pub index: usize,
+}
+
+impl Printed {
+    fn new(marker: impl Into<String>, index: usize) -> Printed {
+        Printed {
+            marker: marker.into(),
+            index,
+        }
     }
+
+    /// Finds the number in a bench's stdout.
+    pub fn find(&self, stdout: &str) -> Option<f64> {
+        let line = stdout.lines().find(|l| l.contains(&self.marker))?;
+        let rest = &line[line.find(&self.marker)? + self.marker.len()..];
+        numbers(rest).nth(self.index)
+    }
+}
+
+/// The decimal numbers in `s`, in order ("1.25 M (79.6 %)" -> 1.25, 79.6).
+fn numbers(s: &str) -> impl Iterator<Item = f64> + '_ {
+    s.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map(|w| w.trim_matches('.'))
+        .filter(|w| !w.is_empty())
+        .filter_map(|w| w.parse().ok())
+}
+
+/// A printed figure, optionally against a printed baseline.
+#[derive(Debug, Clone)]
+pub struct PrintedPair {
+    pub bench: &'static str,
+    pub section: String,
+    pub name: String,
+    /// Unit as the report formats it ("percent": already a percentage).
+    pub unit: &'static str,
+    pub higher_is_better: bool,
+    pub figure: Printed,
+    pub baseline: Option<(String, Printed)>,
+    pub target: Option<&'static str>,
+}
+
+/// Figures benches print. Issue 5's fault throughput (mm/benches/fault.rs,
+/// branch aspace-verify, as drafted there: "N faulting thread(s): per-VMA
+/// locks: A M faults/s alone, B M with the mmap/munmap thread (C %)", the
+/// same for "mmap lock only", and "vma_rcu_callbacks: ... (X per freed
+/// VMA; ...)"); adjust the markers here if that output changes.
+pub fn printed_pairs() -> Vec<PrintedPair> {
+    let mut v = Vec::new();
+    let sec = "fault";
+    for t in [1, 2] {
+        let pv = format!("{t} faulting thread(s): per-VMA locks:");
+        let ml = format!("{t} faulting thread(s): mmap lock only:");
+        v.push(PrintedPair {
+            bench: "fault",
+            section: sec.into(),
+            name: format!("write faults, {t} thread(s) + mmap/munmap thread, per-VMA locks"),
+            unit: "M faults/s",
+            higher_is_better: true,
+            figure: Printed::new(pv.clone(), 1),
+            baseline: Some(("mmap lock only".into(), Printed::new(ml.clone(), 1))),
+            target: None,
+        });
+        for (label, marker, target) in [
+            ("per-VMA locks", pv, Some(">= 90%")),
+            ("mmap lock only", ml, None),
+        ] {
+            v.push(PrintedPair {
+                bench: "fault",
+                section: sec.into(),
+                name: format!(
+                    "throughput kept with the mmap/munmap thread running, {t} thread(s), {label}"
+                ),
+                unit: "percent",
+                higher_is_better: true,
+                figure: Printed::new(marker, 2),
+                baseline: None,
+                target,
+            });
+        }
+    }
+    v.push(PrintedPair {
+        bench: "fault",
+        section: sec.into(),
+        name: "RCU callbacks per freed VMA".into(),
+        unit: "per VMA",
+        higher_is_better: false,
+        figure: Printed::new("vma_rcu_callbacks:", 2),
+        baseline: None,
+        target: Some("0"),
+    });
     v
 }
 
@@ -374,6 +459,25 @@ mod tests {
         let later = SystemTime::now() + std::time::Duration::from_secs(60);
         assert!(collect(&dir, later).unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn finds_printed_figures() {
+        let out = "fault_scaling: write faults on fresh pages, 4096 pages x 8 phases per case\n  \
+                   1 faulting thread(s): per-VMA locks: 1.25 M faults/s alone, 1.20 M with \
+                   the mmap/munmap thread (96.0 %)\n  \
+                   2 faulting thread(s): per-VMA locks: 2.10 M faults/s alone, 2.00 M with \
+                   the mmap/munmap thread (95.2 %)\n\
+                   vma_rcu_callbacks: 100000 VMAs freed, 0 RCU callbacks from the VMA cache \
+                   (0.000000 per freed VMA; 12 slab pages created in all)\n";
+        let p = Printed::new("2 faulting thread(s): per-VMA locks:", 1);
+        assert_eq!(p.find(out), Some(2.0));
+        assert_eq!(Printed::new("per-VMA locks:", 2).find(out), Some(96.0));
+        assert_eq!(Printed::new("vma_rcu_callbacks:", 2).find(out), Some(0.0));
+        assert_eq!(Printed::new("vma_rcu_callbacks:", 9).find(out), None);
+        assert_eq!(Printed::new("absent:", 0).find(out), None);
+        let names: Vec<String> = printed_pairs().into_iter().map(|p| p.name).collect();
+        assert!(names.iter().any(|n| n.contains("per-VMA")));
     }
 
     #[test]
