@@ -586,11 +586,10 @@ fn storm_rows(
     runs: &Runs,
     cpu_counts: &[u32],
     with_linux: bool,
-    section_suffix: &str,
 ) -> Vec<Row> {
     let mut rows = Vec::new();
     let acc = accel_name(accel);
-    let sec = format!("guest {arch}, {acc}{section_suffix}: faultstorm");
+    let sec = format!("guest {arch}, {acc}: faultstorm");
     if let Some(why) = samara_absent(runs) {
         if with_linux {
             for &cpus in cpu_counts {
@@ -801,7 +800,6 @@ fn loop_rows(
     runs: &Runs,
     cpu_counts: &[u32],
     with_linux: bool,
-    section_suffix: &str,
 ) -> Vec<Row> {
     let mut rows = Vec::new();
     let acc = accel_name(accel);
@@ -812,7 +810,7 @@ fn loop_rows(
     ];
     let absent = samara_absent(runs);
     for (title, line, pick) in loops {
-        let sec = format!("guest {arch}, {acc}{section_suffix}: {title}");
+        let sec = format!("guest {arch}, {acc}: {title}");
         // What each op was, from any run that has the line.
         let shape = |cpus: u32| {
             SAMARA
@@ -999,9 +997,9 @@ pub fn run(o: &GuestOptions) -> Result<GuestOutcome> {
                 &mut mitigations,
             );
             out.rows
-                .extend(storm_rows(arch, plan.accel, &runs, &CPUS, with_linux, ""));
+                .extend(storm_rows(arch, plan.accel, &runs, &CPUS, with_linux));
             out.rows
-                .extend(loop_rows(arch, plan.accel, &runs, &CPUS, with_linux, ""));
+                .extend(loop_rows(arch, plan.accel, &runs, &CPUS, with_linux));
             if out.series.is_empty() {
                 let linux_label = match &anchor {
                     Some(Ok(a)) => format!("Linux {}", a.kernel.release),
@@ -1107,7 +1105,7 @@ mod tests {
             System::SamaraMmapLock,
             Status::Pending("no workload=faultstorm".into()),
         );
-        let rows = storm_rows(Arch::X86_64, Accel::Tcg, &runs, &[1], true, "");
+        let rows = storm_rows(Arch::X86_64, Accel::Tcg, &runs, &[1], true);
         // Samara absent: one row per figure Linux has, one summary row.
         assert_eq!(rows.len(), 4, "{rows:#?}");
         let r = rows
@@ -1128,7 +1126,7 @@ mod tests {
             (System::SamaraPvl, 1),
             vec![results(1, 500_000, SAMARA_EXTRA)],
         );
-        let rows = storm_rows(Arch::X86_64, Accel::Tcg, &runs, &[1], true, "");
+        let rows = storm_rows(Arch::X86_64, Accel::Tcg, &runs, &[1], true);
         let r = rows
             .iter()
             .find(|r| r.name == "faults/s, 1 CPU(s), Samara, per-VMA locks")
@@ -1143,7 +1141,7 @@ mod tests {
             .unwrap();
         assert_eq!(share.figure.unwrap().value, 0.9);
         assert!(share.note.as_ref().unwrap().contains("VMA_LOCK_SUCCESS 9"));
-        let loops = loop_rows(Arch::X86_64, Accel::Tcg, &runs, &[1], true, "");
+        let loops = loop_rows(Arch::X86_64, Accel::Tcg, &runs, &[1], true);
         let mm = loops
             .iter()
             .find(|r| r.section.ends_with("mmap/munmap loop") && r.name.contains("per-VMA"))
