@@ -5,6 +5,14 @@
 //! kernel is built and booted exactly one way.
 
 pub mod arch;
+pub mod bench;
+pub mod bench_cpio;
+pub mod bench_criterion;
+pub mod bench_guest;
+pub mod bench_linux;
+pub mod bench_plot;
+pub mod bench_shared;
+pub mod bench_vm;
 pub mod build;
 pub mod elf;
 pub mod flash;

@@ -7,6 +7,8 @@
 //! cargo xtask test  [--arch A] [--release] [--no-per-vma-lock] [--smp N] [--mem SIZE]
 //!                   [--accel ...] [--only STEP]...
 //! cargo xtask miri  [-- ARGS...]
+//! cargo xtask bench [--quick] [--only PART]... [--arch A]... [--accel ...] [--reps N]
+//!                   [--mem SIZE] [--linux-kernel BZIMAGE] [--save]
 //! cargo xtask flash --board octeon [--tftp DIR [--server IP] | --fat "usb 0:1"]
 //!                   [--loadaddr ADDR] [--coremask MASK] [--serial DEV [--baud N]]
 //!                   [--release] [--no-per-vma-lock] [-- KERNEL_ARGS...]
@@ -35,7 +37,14 @@ const DEFAULT_WORKLOAD: &str = "faultstorm";
 
 /// Host crates that clippy checks with `--all-targets` (the kernel crates
 /// are checked per target instead).
-const HOST_PACKAGES: &[&str] = &["mm", "boot", "samara-abi", "xtask", "qemu-tests"];
+const HOST_PACKAGES: &[&str] = &[
+    "mm",
+    "boot",
+    "samara-abi",
+    "xtask",
+    "qemu-tests",
+    "linux-anchor",
+];
 
 #[derive(Parser)]
 #[command(
@@ -59,6 +68,9 @@ enum Cmd {
     Test(TestOpts),
     /// Run mm's tests under Miri (nightly; installs miri with rustup if missing).
     Miri(MiriOpts),
+    /// Benchmarks side by side with their baselines: host (criterion), Samara
+    /// in QEMU, Linux in the same VM; writes target/bench/report.{md,json}.
+    Bench(BenchOpts),
     /// Build for an Octeon board, check the image, write it with a U-Boot
     /// script, and (with --serial) boot it through U-Boot and watch it.
     Flash(FlashOpts),
@@ -189,6 +201,36 @@ struct TestOpts {
 }
 
 #[derive(Args)]
+struct BenchOpts {
+    /// Short host measurements, one boot per guest configuration, no TCG
+    /// scaling check.
+    #[arg(long)]
+    quick: bool,
+    /// Run only these parts (repeatable): a bench file (slab, rcu, ...),
+    /// host, guest, linux, scaling; `--only list` prints them.
+    #[arg(long, value_name = "PART")]
+    only: Vec<String>,
+    /// Guest architectures (repeatable; default x86_64).
+    #[arg(long, value_parser = parse_arch)]
+    arch: Vec<Arch>,
+    /// Accelerator of the guests; default $SAMARA_ACCEL, else auto.
+    #[arg(long, value_enum)]
+    accel: Option<AccelChoice>,
+    /// Boots per guest configuration (default 3; 1 with --quick).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50))]
+    reps: Option<u32>,
+    /// Guest memory, for Samara and Linux alike.
+    #[arg(long, default_value = "512M", value_parser = qemu::parse_mem)]
+    mem: String,
+    /// Boot this Linux bzImage as the anchor instead of Debian's package.
+    #[arg(long, value_name = "BZIMAGE")]
+    linux_kernel: Option<std::path::PathBuf>,
+    /// Also write the report into BENCHMARKS.md (plot to benchmarks/).
+    #[arg(long)]
+    save: bool,
+}
+
+#[derive(Args)]
 struct MiriOpts {
     /// Extra arguments for `cargo miri test -p mm` (e.g. a test filter).
     #[arg(last = true)]
@@ -218,6 +260,7 @@ fn main() -> ExitCode {
         Cmd::Run(o) => run(&o),
         Cmd::Test(o) => test(&o),
         Cmd::Miri(o) => miri(&o),
+        Cmd::Bench(o) => bench(&o),
         Cmd::Flash(o) => match flash(&o) {
             // The kernel's own status (`samara: exit N`), when it ran.
             Ok(Some(code)) => return ExitCode::from(code),
@@ -829,6 +872,29 @@ fn flash(o: &FlashOpts) -> Result<Option<u8>> {
     println!();
     println!("xtask: the kernel reported exit status {code}");
     Ok(Some(code))
+}
+
+fn bench(o: &BenchOpts) -> Result<()> {
+    let accel = match o.accel {
+        Some(a) => a,
+        None => AccelChoice::from_env()?,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    xtask::bench::run(&xtask::bench::Options {
+        quick: o.quick,
+        only: o.only.clone(),
+        arches: if o.arch.is_empty() {
+            vec![Arch::X86_64]
+        } else {
+            o.arch.clone()
+        },
+        accel,
+        reps: o.reps,
+        mem: o.mem.clone(),
+        linux_kernel: o.linux_kernel.clone(),
+        save: o.save,
+        command: format!("cargo xtask {}", args.join(" ")),
+    })
 }
 
 fn miri(o: &MiriOpts) -> Result<()> {

@@ -311,6 +311,12 @@ fn reader_thread(
 /// Boots the image and waits for QEMU to exit or the time-out to expire.
 /// An `Err` means QEMU could not be started at all.
 pub fn run(spec: &RunSpec<'_>) -> Result<Report> {
+    run_with(spec, &[])
+}
+
+/// [`run`] with `extra` appended to the QEMU command line (the bench's Linux
+/// anchor adds `-initrd`).
+pub fn run_with(spec: &RunSpec<'_>, extra: &[OsString]) -> Result<Report> {
     let qemu = crate::install::ensure_qemu(spec.arch)?;
     if let Some(dir) = spec.log.parent() {
         std::fs::create_dir_all(dir)
@@ -319,13 +325,14 @@ pub fn run(spec: &RunSpec<'_>) -> Result<Report> {
     // QEMU appends to an existing logfile; start each run with an empty one.
     std::fs::write(&spec.log, b"")
         .map_err(|e| Error::new(format!("cannot write {}: {e}", spec.log.display())))?;
-    let args = qemu_args(
+    let mut args = qemu_args(
         spec.arch,
         spec.image,
         spec.kernel_args,
         spec.machine,
         &spec.log,
     );
+    args.extend(extra.iter().cloned());
     let command = std::iter::once(qemu.as_os_str())
         .chain(args.iter().map(|a| a.as_os_str()))
         .map(|a| {
