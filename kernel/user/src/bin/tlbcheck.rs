@@ -170,6 +170,9 @@ fn check_fork() -> Result<(), &'static str> {
     }
 }
 
+/// One check: `Err` says what went wrong.
+type Check = fn() -> Result<(), &'static str>;
+
 fn main(arg0: u64, _: u64) -> u64 {
     let rounds = if arg0 == 0 { 20 } else { arg0 };
     let (Ok(pp), Ok(qq)) = (mmap_anon(PAGE), mmap_anon(PAGE)) else {
@@ -178,7 +181,7 @@ fn main(arg0: u64, _: u64) -> u64 {
     };
     P.store(pp, Ordering::Relaxed);
     Q.store(qq, Ordering::Relaxed);
-    let checks: [(&str, fn() -> Result<(), &'static str>); 3] = [
+    let checks: [(&str, Check); 3] = [
         ("replace", check_replace),
         ("mprotect", check_mprotect),
         ("fork", check_fork),
