@@ -203,6 +203,85 @@ pub struct Stats {
     pub exec_protection: u64,
 }
 
+/// The arguments of the `faultstorm` user program (`workload=faultstorm`),
+/// packed by the kernel into the two words every program starts with
+/// (`_start(arg0, arg1)`) and unpacked by the program:
+///
+/// | word | bits | field |
+/// | --- | --- | --- |
+/// | `arg0` | 7..0 | `threads`: faulting threads |
+/// | `arg0` | 31..8 | `mmap_ops`: mmap+munmap pairs of the `mmap-loop` line |
+/// | `arg0` | 55..32 | `fork_ops`: fork+exit+wait rounds of the `fork-loop` line |
+/// | `arg1` | 31..0 | `pages`: pages per faulting thread's region |
+/// | `arg1` | 63..32 | `rounds`: map-touch-unmap rounds per faulting thread |
+///
+/// Zero in a field means "the program's default".
+pub mod faultstorm {
+    /// The largest value of each field.
+    pub const MAX_THREADS: u32 = 64;
+    pub const MAX_PAGES: u32 = 1 << 20;
+    pub const MAX_ROUNDS: u32 = 100_000;
+    pub const MAX_MMAP_OPS: u32 = 10_000_000;
+    pub const MAX_FORK_OPS: u32 = 1_000_000;
+
+    /// Pages of the untouched region each `mmap-loop` op maps and unmaps,
+    /// and pages written before the `fork-loop` forks: the sizes the Linux
+    /// anchor (tests/linux-anchor) uses, which `cargo xtask bench` passes
+    /// it from these constants, so the two systems' lines describe the
+    /// same work.
+    pub const MMAP_LOOP_PAGES: u64 = 4;
+    pub const FORK_LOOP_PAGES: u64 = 64;
+
+    const OPS_BITS: u32 = 24;
+    const OPS_MASK: u64 = (1 << OPS_BITS) - 1;
+
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct Args {
+        pub threads: u32,
+        pub pages: u32,
+        pub rounds: u32,
+        pub mmap_ops: u32,
+        pub fork_ops: u32,
+    }
+
+    // Every maximum fits its field.
+    const _: () = assert!(MAX_THREADS < 1 << 8);
+    const _: () = assert!(MAX_MMAP_OPS as u64 <= OPS_MASK && MAX_FORK_OPS as u64 <= OPS_MASK);
+
+    impl Args {
+        /// The two start words, or `None` if a field exceeds its maximum
+        /// (it would not survive the packing).
+        pub fn encode(self) -> Option<[u64; 2]> {
+            let fits = self.threads <= MAX_THREADS
+                && self.pages <= MAX_PAGES
+                && self.rounds <= MAX_ROUNDS
+                && self.mmap_ops <= MAX_MMAP_OPS
+                && self.fork_ops <= MAX_FORK_OPS;
+            fits.then(|| {
+                [
+                    u64::from(self.threads)
+                        | u64::from(self.mmap_ops) << 8
+                        | u64::from(self.fork_ops) << (8 + OPS_BITS),
+                    u64::from(self.pages) | u64::from(self.rounds) << 32,
+                ]
+            })
+        }
+
+        /// Unpacks the start words. Bits outside the fields are ignored;
+        /// a field above its maximum is clamped to it.
+        pub fn decode(words: [u64; 2]) -> Args {
+            let field = |v: u64, max: u32| v.min(u64::from(max)) as u32;
+            Args {
+                threads: field(words[0] & 0xff, MAX_THREADS),
+                mmap_ops: field(words[0] >> 8 & OPS_MASK, MAX_MMAP_OPS),
+                fork_ops: field(words[0] >> (8 + OPS_BITS) & OPS_MASK, MAX_FORK_OPS),
+                pages: field(words[1] & 0xffff_ffff, MAX_PAGES),
+                rounds: field(words[1] >> 32, MAX_ROUNDS),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,5 +304,61 @@ mod tests {
     fn stats_layout_is_plain_u64s() {
         assert_eq!(core::mem::size_of::<Stats>() % 8, 0);
         assert_eq!(core::mem::align_of::<Stats>(), 8);
+    }
+
+    #[test]
+    fn faultstorm_args_round_trip() {
+        use faultstorm::*;
+        let max = Args {
+            threads: MAX_THREADS,
+            pages: MAX_PAGES,
+            rounds: MAX_ROUNDS,
+            mmap_ops: MAX_MMAP_OPS,
+            fork_ops: MAX_FORK_OPS,
+        };
+        let some = Args {
+            threads: 3,
+            pages: 64,
+            rounds: 2,
+            mmap_ops: 10_000,
+            fork_ops: 200,
+        };
+        for a in [Args::default(), max, some] {
+            assert_eq!(Args::decode(a.encode().unwrap()), a);
+        }
+        // The layout the table documents (the kernel and the program are
+        // built separately, so the layout itself is the contract).
+        assert_eq!(
+            some.encode().unwrap(),
+            [3 | 10_000 << 8 | 200 << 32, 64 | 2 << 32]
+        );
+        for bad in [
+            Args {
+                threads: MAX_THREADS + 1,
+                ..some
+            },
+            Args {
+                pages: MAX_PAGES + 1,
+                ..some
+            },
+            Args {
+                rounds: MAX_ROUNDS + 1,
+                ..some
+            },
+            Args {
+                mmap_ops: MAX_MMAP_OPS + 1,
+                ..some
+            },
+            Args {
+                fork_ops: MAX_FORK_OPS + 1,
+                ..some
+            },
+        ] {
+            assert_eq!(bad.encode(), None, "{bad:?}");
+        }
+        // Out-of-range words clamp instead of wrapping into other fields.
+        assert_eq!(Args::decode([0xff, u64::MAX]).threads, MAX_THREADS);
+        assert_eq!(Args::decode([0xff, u64::MAX]).rounds, MAX_ROUNDS);
+        assert_eq!(Args::decode([0, 0xffff_ffff]).pages, MAX_PAGES);
     }
 }
