@@ -371,10 +371,24 @@ pub fn run_workload(
     (r, f)
 }
 
+/// The op counts `scenario_faultstorm` asks for: explicit (not the
+/// program's defaults), so that the test sees `mmap_ops=`/`fork_ops=` reach
+/// the program; small, so that the loops add well under a second per run.
+const TEST_MMAP_OPS: u64 = 300;
+const TEST_FORK_OPS: u64 = 8;
+
 /// `workload=faultstorm`: faults resolved (per-VMA locked when on, under
-/// the mmap lock when off), TLB shootdowns across CPUs, nothing leaked.
+/// the mmap lock when off), TLB shootdowns across CPUs, nothing leaked;
+/// and the lines `cargo xtask bench` reads, parsed by its own parser, with
+/// figures that agree with the wall clock: the user-mode cycle counter
+/// (rdtsc / rdhwr Count) runs at the kernel's `cycles_per_second`.
 pub fn scenario_faultstorm(arch: Arch, per_vma_lock: bool) {
-    let (r, f) = run_workload(arch, per_vma_lock, "faultstorm", "pages=64 rounds=2");
+    let (r, f) = run_workload(
+        arch,
+        per_vma_lock,
+        "faultstorm",
+        &format!("pages=64 rounds=2 mmap_ops={TEST_MMAP_OPS} fork_ops={TEST_FORK_OPS}"),
+    );
     let faults = num(&r, &f, "faults");
     let n = u64::from(smp_cpus());
     r.require(
@@ -398,6 +412,57 @@ pub fn scenario_faultstorm(arch: Arch, per_vma_lock: bool) {
     );
     r.require_line("faultstorm: threads=");
     r.require_line(" faults/s; ");
+    r.require_line(" touch_cycles=");
+    r.require_line(&format!("mmap-loop: ops={TEST_MMAP_OPS} pages=4 cycles="));
+    r.require_line(&format!("fork-loop: ops={TEST_FORK_OPS} pages=64 cycles="));
+
+    let g = xtask::bench_guest::GuestResults::from_output(&r.log_text);
+    r.require(g.is_ok(), &format!("bench lines do not parse: {g:?}"));
+    let g = g.unwrap_or_default();
+    let hz = num(&r, &f, "cycles_per_second");
+    r.require(hz > 0, "cycles_per_second is known");
+    // Counter ticks as nanoseconds (u128: no overflow at any rate).
+    let as_ns = |c: u64| (u128::from(c) * 1_000_000_000 / u128::from(hz.max(1))) as u64;
+    // Host scheduling can stall a vCPU between a clock read and a counter
+    // read; this slack covers that, while a wrong unit, a lost wrap of
+    // MIPS's 32-bit Count (26.8 s) or an unread counter is far outside it.
+    let slack = 50_000_000;
+    let Some(storm) = &g.faultstorm else {
+        return r.require(false, "no faultstorm line");
+    };
+    let touch = storm.touch_cycles.unwrap_or(0);
+    r.require(touch > 0, "touch_cycles is positive");
+    // Each thread's write loops lie inside the storm's wall-clock span.
+    r.require(
+        as_ns(touch) <= storm.threads * storm.ns + slack,
+        &format!(
+            "touch_cycles={touch} ({} ns) exceeds {} threads x ns={}",
+            as_ns(touch),
+            storm.threads,
+            storm.ns
+        ),
+    );
+    for (name, l, ops, pages) in [
+        ("mmap-loop", &g.mmap_loop, TEST_MMAP_OPS, 4),
+        ("fork-loop", &g.fork_loop, TEST_FORK_OPS, 64),
+    ] {
+        let Some(l) = l else {
+            return r.require(false, &format!("no {name} line"));
+        };
+        r.require(
+            (l.ops, l.pages) == (ops, pages),
+            &format!("{name}: ops={} pages={}", l.ops, l.pages),
+        );
+        // `cycles` and `ns` time the same span.
+        let c = as_ns(l.cycles);
+        r.require(
+            l.cycles > 0 && c + slack >= l.ns / 2 && c <= 2 * l.ns + slack,
+            &format!(
+                "{name}: cycles={} ({c} ns at {hz} Hz) disagrees with ns={}",
+                l.cycles, l.ns
+            ),
+        );
+    }
 }
 
 /// `workload=forkbomb-lite`: fork, copy-on-write, munmap, exit, in a loop.
