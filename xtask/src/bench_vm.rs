@@ -46,6 +46,10 @@ pub struct GuestOptions {
     pub scaling: bool,
     pub linux_kernel: Option<PathBuf>,
     pub out_dir: PathBuf,
+    /// Samara's kernels are the `count-shared-writes` build: faultstorm's
+    /// line carries the counts (rows "... per fault"), and its timings
+    /// include the counting.
+    pub count_shared_writes: bool,
 }
 
 /// Rows, notes and plot data.
@@ -152,12 +156,13 @@ impl Runs {
 /// Samara kernels (release builds), built on first use.
 struct Kernels {
     arch: Arch,
+    count_shared_writes: bool,
     images: BTreeMap<bool, std::result::Result<PathBuf, String>>,
 }
 
 impl Kernels {
     fn image(&mut self, per_vma_lock: bool) -> std::result::Result<PathBuf, String> {
-        let arch = self.arch;
+        let (arch, count_shared_writes) = (self.arch, self.count_shared_writes);
         self.images
             .entry(per_vma_lock)
             .or_insert_with(|| {
@@ -166,6 +171,7 @@ impl Kernels {
                     board: Board::Malta,
                     release: true,
                     per_vma_lock,
+                    count_shared_writes,
                 };
                 println!("xtask: building kernel ({})", c.describe());
                 c.build(true).map_err(|e| e.to_string())
@@ -979,8 +985,16 @@ pub fn run(o: &GuestOptions) -> Result<GuestOutcome> {
                  time-share them (figures at those CPU counts measure contention, not scaling)"
             ));
         }
+        if o.samara && o.count_shared_writes {
+            out.notes.push(format!(
+                "{arch}: Samara booted its count-shared-writes build (every mm atomic \
+                 counted): its per-fault write counts are exact, its timings slower than \
+                 the plain build's and not comparable with Linux's"
+            ));
+        }
         let mut kernels = Kernels {
             arch,
+            count_shared_writes: o.count_shared_writes,
             images: BTreeMap::new(),
         };
         let mut systems = Vec::new();

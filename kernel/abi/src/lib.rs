@@ -28,7 +28,7 @@
 //! | 9 | `thread_create` | entry pc, stack top, a0, a1 | the new thread's id; it starts at `entry(a0, a1)` on the given stack (16-byte aligned top) |
 //! | 10 | `thread_join` | tid | the thread's exit value |
 //! | 11 | `thread_exit` | value | never: ends the calling thread (the last thread ends the process with `value & 0xff`) |
-//! | 12 | `stats` | ptr to [`Stats`], size | 0; fills `min(size, size_of::<Stats>())` bytes |
+//! | 12 | `stats` | ptr to [`Stats`], size, flags ([`stats_flags`]) | 0; fills `min(size, size_of::<Stats>())` bytes |
 //! | 13 | `clock` | | nanoseconds since boot |
 //! | 14 | `getpid` | | the process id |
 //! | 15 | `gettid` | | the thread id |
@@ -156,6 +156,18 @@ pub mod status {
     pub const OOM: u64 = 128 + 9;
 }
 
+/// Flags of the `stats` call (its third argument); other bits are
+/// [`Errno::Inval`].
+pub mod stats_flags {
+    /// After filling the record, clear the shared-cache-line counts
+    /// ([`super::Stats::linecount`]); a no-op on a kernel that does not
+    /// count. The counts are exact only if no other thread is inside a page
+    /// fault meanwhile: call it while the caller is the only thread that
+    /// runs user code.
+    pub const RESET_LINECOUNT: u64 = 1;
+    pub const ALL: u64 = RESET_LINECOUNT;
+}
+
 /// What `stats` returns. All fields are `u64`, so the layout is the same
 /// on every architecture; new fields are only ever appended.
 #[repr(C)]
@@ -201,6 +213,19 @@ pub struct Stats {
     /// 1 if the MMU enforces `PROT_EXEC` (x86_64 NX; MIPS RI/XI, which
     /// QEMU's Octeon68XX lacks), 0 if data pages are executable anyway.
     pub exec_protection: u64,
+    /// 1 if the kernel was built with `count-shared-writes` (mm's
+    /// `linecount`): the four counts below are valid. They cover every page
+    /// fault since boot or since the last [`stats_flags::RESET_LINECOUNT`].
+    pub linecount: u64,
+    /// Atomic read-modify-writes inside page faults (`atomic_rmw=`).
+    pub line_rmw: u64,
+    /// Atomic stores inside page faults (`atomic_stores=`).
+    pub line_stores: u64,
+    /// Writes of both kinds to cache lines that two or more CPUs wrote
+    /// (`shared_writes=`).
+    pub line_shared_writes: u64,
+    /// Distinct cache lines two or more CPUs wrote (`shared_lines=`).
+    pub line_shared_lines: u64,
 }
 
 /// The arguments of the `faultstorm` user program (`workload=faultstorm`),

@@ -127,13 +127,18 @@ pub fn thread_join(tid: u64) -> Result<u64, Errno> {
 }
 
 pub fn stats() -> Stats {
+    stats_with(0)
+}
+
+/// [`stats`] with `flags` ([`samara_abi::stats_flags`]).
+pub fn stats_with(flags: u64) -> Stats {
     let mut s = Stats::default();
     let r = syscall(
         samara_abi::SYS_STATS,
         [
             &mut s as *mut Stats as u64,
             core::mem::size_of::<Stats>() as u64,
-            0,
+            flags,
             0,
             0,
             0,

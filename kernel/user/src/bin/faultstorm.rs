@@ -24,6 +24,12 @@
 //! fork-loop: ops=N pages=64 cycles=C ns=T
 //! ```
 //!
+//! A kernel built with `count-shared-writes` also puts `atomic_rmw=
+//! atomic_stores= shared_writes= shared_lines=` on the `faultstorm:` line:
+//! mm's `linecount` totals over the page faults from the program's start
+//! (it resets them while it is the only thread) to the storm's end, that
+//! is the storm's faults and the few before it.
+//!
 //! Cycles are [`samara_user::cycles`]: the TSC on x86_64, CP0 Count on
 //! MIPS64, the counter of the kernel's `cycles_per_fault`.
 //! `touch_cycles` is the time the faulting threads spend in their write
@@ -33,9 +39,11 @@
 #![no_std]
 #![no_main]
 
+use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use samara_user::abi::faultstorm::{Args, FORK_LOOP_PAGES, MMAP_LOOP_PAGES};
+use samara_user::abi::stats_flags::RESET_LINECOUNT;
 use samara_user::{cycles, cycles_between, fork, mmap_anon, munmap, println, spawn, wait};
 use samara_user::{Stopwatch, PAGE};
 
@@ -179,7 +187,10 @@ fn fork_loop(ops: u64) -> Result<(), &'static str> {
 }
 
 fn main(arg0: u64, arg1: u64) -> u64 {
-    let s0 = samara_user::stats();
+    // The only thread of the only user process: no page fault is in
+    // flight, so the shared-cache-line counts start clean here
+    // (`count-shared-writes` kernels; a no-op on others).
+    let s0 = samara_user::stats_with(RESET_LINECOUNT);
     let args = Args::decode([arg0, arg1]);
     let or = |v: u32, default: u64| if v == 0 { default } else { u64::from(v) };
     let threads = or(args.threads, s0.cpus.max(1)).min(64);
@@ -250,7 +261,10 @@ fn main(arg0: u64, arg1: u64) -> u64 {
         lockless / 10,
         lockless % 10
     );
-    println!(
+    // One write call for the whole line (no other thread prints now).
+    let mut line = samara_user::Out::default();
+    let _ = write!(
+        line,
         "faultstorm: threads={threads} pages={pages} rounds={rounds} faults={faults} ns={ns} faults_per_sec={rate} vma_success={success} vma_abort={} vma_retry={} vma_miss={} mmap_locked={} lockless_permille={lockless} cycles_per_fault={} mapper_ops={} touch_cycles={touch_cycles}",
         s2.vma_lock_abort - s1.vma_lock_abort,
         s2.vma_lock_retry - s1.vma_lock_retry,
@@ -259,6 +273,18 @@ fn main(arg0: u64, arg1: u64) -> u64 {
         fcycles / fcount,
         MAPPER_OPS.load(Ordering::Relaxed)
     );
+    if s2.linecount == 1 {
+        // Counted since the reset at the start of `main`: the storm's
+        // faults and the few before it (this program's first pages, the
+        // mapper's rounds before the clock started).
+        let _ = write!(
+            line,
+            " atomic_rmw={} atomic_stores={} shared_writes={} shared_lines={}",
+            s2.line_rmw, s2.line_stores, s2.line_shared_writes, s2.line_shared_lines
+        );
+    }
+    let _ = writeln!(line);
+    line.flush();
     if touched != threads * pages * rounds {
         println!(
             "faultstorm: touched {touched} pages, expected {}",
