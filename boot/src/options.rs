@@ -12,6 +12,8 @@
 //! | `threads` | 1..=64: faulting threads (`faultstorm`), children per round (`forkbomb-lite`) | the program's default |
 //! | `pages` | 1..=1048576: pages per region (`faultstorm`) | the program's default |
 //! | `rounds` | 1..=100000: rounds (`faultstorm`, `forkbomb-lite`, `tlb-shootdown`) | the program's default |
+//! | `mmap_ops` | 1..=10000000: mmap+munmap pairs of `faultstorm`'s `mmap-loop` line | the program's default |
+//! | `fork_ops` | 1..=1000000: fork+exit+wait rounds of `faultstorm`'s `fork-loop` line | the program's default |
 
 use core::fmt;
 
@@ -107,7 +109,18 @@ pub struct Options {
     pub threads: Option<u32>,
     pub pages: Option<u32>,
     pub rounds: Option<u32>,
+    pub mmap_ops: Option<u32>,
+    pub fork_ops: Option<u32>,
 }
+
+/// The largest value of each numeric key (`faultstorm` carries them all in
+/// its two argument words: `samara_abi::faultstorm`, whose limits the
+/// kernel checks these against at compile time).
+pub const MAX_THREADS: u32 = 64;
+pub const MAX_PAGES: u32 = 1 << 20;
+pub const MAX_ROUNDS: u32 = 100_000;
+pub const MAX_MMAP_OPS: u32 = 10_000_000;
+pub const MAX_FORK_OPS: u32 = 1_000_000;
 
 /// Why the command line was refused. Borrows the offending word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +145,7 @@ pub enum OptionError<'a> {
 /// One line per key with its values, for error messages and `--help` text.
 pub const VALID_KEYS: &str = "test=boot|pagefault|panic|smp|user|mips-user|mips-shootdown, \
 workload=none|hello|faultstorm|forkbomb-lite|segv|tlb-shootdown, per_vma_lock=on|off, \
-threads=1..64, pages=1..1048576, rounds=1..100000";
+threads=1..64, pages=1..1048576, rounds=1..100000, mmap_ops=1..10000000, fork_ops=1..1000000";
 
 impl fmt::Display for OptionError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -182,13 +195,15 @@ fn lookup<'a, T: Copy>(
 impl Options {
     /// Parses every word of `cmdline`; the first bad word is the error.
     pub fn parse(cmdline: &CmdLine) -> Result<Options, OptionError<'_>> {
-        const KEYS: [&str; 6] = [
+        const KEYS: [&str; 8] = [
             "test",
             "workload",
             "per_vma_lock",
             "threads",
             "pages",
             "rounds",
+            "mmap_ops",
+            "fork_ops",
         ];
         let mut o = Options::default();
         let mut seen = [false; KEYS.len()];
@@ -207,9 +222,11 @@ impl Options {
                 "per_vma_lock" => {
                     o.per_vma_lock = Some(lookup(&[("on", true), ("off", false)], key, value)?)
                 }
-                "threads" => o.threads = Some(number(key, value, 1, 64)?),
-                "pages" => o.pages = Some(number(key, value, 1, 1 << 20)?),
-                _ => o.rounds = Some(number(key, value, 1, 100_000)?),
+                "threads" => o.threads = Some(number(key, value, 1, MAX_THREADS)?),
+                "pages" => o.pages = Some(number(key, value, 1, MAX_PAGES)?),
+                "rounds" => o.rounds = Some(number(key, value, 1, MAX_ROUNDS)?),
+                "mmap_ops" => o.mmap_ops = Some(number(key, value, 1, MAX_MMAP_OPS)?),
+                _ => o.fork_ops = Some(number(key, value, 1, MAX_FORK_OPS)?),
             }
         }
         Ok(o)
@@ -253,6 +270,15 @@ mod tests {
             Some(Scenario::MipsShootdown)
         );
         assert_eq!(Scenario::MipsUser.name(), "mips-user");
+        let o = parse("workload=faultstorm mmap_ops=10000 fork_ops=200").unwrap();
+        assert_eq!((o.mmap_ops, o.fork_ops), (Some(10_000), Some(200)));
+        assert_eq!((o.threads, o.pages, o.rounds), (None, None, None));
+        let o = parse("mmap_ops=10000000 fork_ops=1000000").unwrap();
+        assert_eq!(
+            (o.mmap_ops, o.fork_ops),
+            (Some(MAX_MMAP_OPS), Some(MAX_FORK_OPS))
+        );
+        assert_eq!(parse("").unwrap().mmap_ops, None);
     }
 
     #[test]
@@ -264,6 +290,28 @@ mod tests {
         assert!(parse("pages=-1").is_err());
         assert!(parse("rounds=1e3").is_err());
         assert!(parse("pages=1048577").is_err());
+        assert_eq!(
+            parse("mmap_ops=0").unwrap_err(),
+            format!("`0` is not a number in 1..=10000000 for `mmap_ops`; valid keys: {VALID_KEYS}")
+        );
+        assert!(parse("mmap_ops=10000001")
+            .unwrap_err()
+            .starts_with("`10000001` is not a number in 1..=10000000 for `mmap_ops`"));
+        assert!(parse("fork_ops=1000001")
+            .unwrap_err()
+            .starts_with("`1000001` is not a number in 1..=1000000 for `fork_ops`"));
+        assert!(parse("fork_ops=many")
+            .unwrap_err()
+            .starts_with("`many` is not a number in 1..=1000000 for `fork_ops`"));
+        assert!(parse("fork_ops=")
+            .unwrap_err()
+            .starts_with("`` is not a number in 1..=1000000 for `fork_ops`"));
+        assert!(parse("fork_ops=2 fork_ops=3")
+            .unwrap_err()
+            .starts_with("`fork_ops` given more than once"));
+        assert!(parse("mmap_ops")
+            .unwrap_err()
+            .starts_with("`mmap_ops` needs a value"));
         assert!(parse("threads=2 threads=3")
             .unwrap_err()
             .starts_with("`threads` given more than once"));

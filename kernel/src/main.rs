@@ -118,6 +118,9 @@ pub extern "Rust" fn samara_main(info: &'static BootInfo) -> ! {
         },
         if per_vma_lock { "enabled" } else { "disabled" }
     );
+    if cfg!(feature = "count-shared-writes") {
+        println!("  linecount:    count-shared-writes build: mm atomics in page faults are counted (slower; not for timing)");
+    }
     match opts.test {
         #[cfg(samara_tasks)]
         Some(s @ (Scenario::Smp | Scenario::User)) => {

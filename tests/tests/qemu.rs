@@ -83,7 +83,18 @@ macro_rules! scenarios {
 
 mod x86_64 {
     use super::*;
-    scenarios!(pvl, Arch::X86_64, true, tasks);
+    scenarios!(
+        pvl,
+        Arch::X86_64,
+        true,
+        tasks,
+        extra {
+            #[test]
+            fn faultstorm_counted() {
+                qemu_tests::scenario_faultstorm_counted(Arch::X86_64, true);
+            }
+        }
+    );
     scenarios!(nopvl, Arch::X86_64, false, tasks);
 }
 
@@ -95,6 +106,11 @@ mod mips64 {
         true,
         tasks,
         extra {
+            #[test]
+            fn faultstorm_counted() {
+                qemu_tests::scenario_faultstorm_counted(Arch::Mips64, true);
+            }
+
             #[test]
             fn mips_user() {
                 qemu_tests::scenario_mips_user(true);

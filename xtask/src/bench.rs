@@ -472,6 +472,8 @@ pub struct Options {
     pub linux_kernel: Option<PathBuf>,
     /// Also write the report into BENCHMARKS.md.
     pub save: bool,
+    /// Samara's guests boot the `count-shared-writes` build.
+    pub count_shared_writes: bool,
     /// The command line, for the report.
     pub command: String,
 }
@@ -1016,6 +1018,7 @@ pub fn run(o: &Options) -> Result<()> {
         scaling: o.wants("scaling") && !(o.quick && o.only.is_empty()),
         linux_kernel: o.linux_kernel.clone(),
         out_dir: out_dir.clone(),
+        count_shared_writes: o.count_shared_writes,
     };
     let mut plot = None;
     if guest.samara || guest.linux || guest.scaling {

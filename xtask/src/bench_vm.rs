@@ -46,6 +46,10 @@ pub struct GuestOptions {
     pub scaling: bool,
     pub linux_kernel: Option<PathBuf>,
     pub out_dir: PathBuf,
+    /// Samara's kernels are the `count-shared-writes` build: faultstorm's
+    /// line carries the counts (rows "... per fault"), and its timings
+    /// include the counting.
+    pub count_shared_writes: bool,
 }
 
 /// Rows, notes and plot data.
@@ -152,12 +156,13 @@ impl Runs {
 /// Samara kernels (release builds), built on first use.
 struct Kernels {
     arch: Arch,
+    count_shared_writes: bool,
     images: BTreeMap<bool, std::result::Result<PathBuf, String>>,
 }
 
 impl Kernels {
     fn image(&mut self, per_vma_lock: bool) -> std::result::Result<PathBuf, String> {
-        let arch = self.arch;
+        let (arch, count_shared_writes) = (self.arch, self.count_shared_writes);
         self.images
             .entry(per_vma_lock)
             .or_insert_with(|| {
@@ -166,6 +171,7 @@ impl Kernels {
                     board: Board::Malta,
                     release: true,
                     per_vma_lock,
+                    count_shared_writes,
                 };
                 println!("xtask: building kernel ({})", c.describe());
                 c.build(true).map_err(|e| e.to_string())
@@ -203,21 +209,27 @@ impl Work {
             pages: 1024,
             rounds: if kvm { 32 } else { 8 },
             mmap_ops: if kvm { 100_000 } else { 10_000 },
-            mmap_pages: 4,
+            // Samara's faultstorm uses these sizes (it has no option for
+            // them); the anchor gets them on its command line.
+            mmap_pages: samara_abi::faultstorm::MMAP_LOOP_PAGES as u32,
             fork_ops: if kvm { 2_000 } else { 200 },
-            fork_pages: 64,
+            fork_pages: samara_abi::faultstorm::FORK_LOOP_PAGES as u32,
         }
     }
 
-    /// Samara's command line: the kernel's own keys (kx86's
-    /// boot/src/options.rs: `threads=`, `pages=`, `rounds=`).
+    /// Samara's command line: the kernel's own keys (boot/src/options.rs:
+    /// `threads=`, `pages=`, `rounds=`, and the loops' `mmap_ops=`,
+    /// `fork_ops=`; faultstorm prints the `mmap-loop`/`fork-loop` lines
+    /// after the storm, from the same boot).
     pub fn samara_args(&self, per_vma_lock: bool) -> String {
         format!(
-            "workload=faultstorm{} threads={} pages={} rounds={}",
+            "workload=faultstorm{} threads={} pages={} rounds={} mmap_ops={} fork_ops={}",
             if per_vma_lock { " per_vma_lock=on" } else { "" },
             self.threads,
             self.pages,
-            self.rounds
+            self.rounds,
+            self.mmap_ops,
+            self.fork_ops
         )
     }
 
@@ -973,8 +985,16 @@ pub fn run(o: &GuestOptions) -> Result<GuestOutcome> {
                  time-share them (figures at those CPU counts measure contention, not scaling)"
             ));
         }
+        if o.samara && o.count_shared_writes {
+            out.notes.push(format!(
+                "{arch}: Samara booted its count-shared-writes build (every mm atomic \
+                 counted): its per-fault write counts are exact, its timings slower than \
+                 the plain build's and not comparable with Linux's"
+            ));
+        }
         let mut kernels = Kernels {
             arch,
+            count_shared_writes: o.count_shared_writes,
             images: BTreeMap::new(),
         };
         let mut systems = Vec::new();
@@ -1077,11 +1097,12 @@ mod tests {
         let w = Work::new(Accel::Tcg, 4);
         assert_eq!(
             w.samara_args(true),
-            "workload=faultstorm per_vma_lock=on threads=4 pages=1024 rounds=8"
+            "workload=faultstorm per_vma_lock=on threads=4 pages=1024 rounds=8 \
+             mmap_ops=10000 fork_ops=200"
         );
         assert_eq!(
             w.samara_args(false),
-            "workload=faultstorm threads=4 pages=1024 rounds=8"
+            "workload=faultstorm threads=4 pages=1024 rounds=8 mmap_ops=10000 fork_ops=200"
         );
         let p = w.anchor_params();
         let get = |k: &str| p.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
@@ -1089,6 +1110,42 @@ mod tests {
             (get("threads"), get("pages"), get("rounds")),
             (Some("4"), Some("1024"), Some("8"))
         );
+        // The loops: the same counts, and the region sizes Samara's
+        // faultstorm has built in.
+        assert_eq!(
+            (get("mmap_ops"), get("mmap_pages")),
+            (Some("10000"), Some("4"))
+        );
+        assert_eq!(
+            (get("fork_ops"), get("fork_pages")),
+            (Some("200"), Some("64"))
+        );
+        let k = Work::new(Accel::Kvm, 2);
+        assert!(k
+            .samara_args(true)
+            .ends_with(" mmap_ops=100000 fork_ops=2000"));
+        // The kernel accepts every such command line and reads the same
+        // figures from it (its own parser, boot/src/options.rs).
+        for w in [w, k, Work::new(Accel::Tcg, 1)] {
+            for pvl in [true, false] {
+                let args = w.samara_args(pvl);
+                let c = boot::CmdLine::from_bytes(args.as_bytes()).unwrap();
+                let o = boot::options::Options::parse(&c).unwrap_or_else(|e| panic!("{args}: {e}"));
+                assert_eq!(o.workload, boot::options::Workload::Faultstorm);
+                assert_eq!(o.per_vma_lock, pvl.then_some(true));
+                assert_eq!(
+                    (o.threads, o.pages, o.rounds, o.mmap_ops, o.fork_ops),
+                    (
+                        Some(w.threads),
+                        Some(w.pages),
+                        Some(w.rounds),
+                        Some(w.mmap_ops),
+                        Some(w.fork_ops)
+                    ),
+                    "{args}"
+                );
+            }
+        }
         assert!(Work::new(Accel::Kvm, 1).rounds > w.rounds);
     }
 

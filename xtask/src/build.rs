@@ -26,13 +26,18 @@ pub struct KernelConfig {
     pub release: bool,
     /// Build with the `per-vma-lock` feature (the default).
     pub per_vma_lock: bool,
+    /// Build with the `count-shared-writes` feature: mm counts the atomic
+    /// writes of every page fault and which cache lines several CPUs write
+    /// (faultstorm prints the totals); slower, so never for timings.
+    pub count_shared_writes: bool,
 }
 
 impl KernelConfig {
-    /// "x86_64, debug, per-vma-lock on"; "mips64 (octeon), ..." for boards.
+    /// "x86_64, debug, per-vma-lock on"; "mips64 (octeon), ..." for boards;
+    /// ", count-shared-writes" for the instrumented build.
     pub fn describe(&self) -> String {
         format!(
-            "{}{}, {}, per-vma-lock {}",
+            "{}{}, {}, per-vma-lock {}{}",
             self.arch,
             if self.board == Board::Octeon {
                 " (octeon)"
@@ -40,15 +45,20 @@ impl KernelConfig {
                 ""
             },
             self.profile(),
-            if self.per_vma_lock { "on" } else { "off" }
+            if self.per_vma_lock { "on" } else { "off" },
+            if self.count_shared_writes {
+                ", count-shared-writes"
+            } else {
+                ""
+            }
         )
     }
 
     /// A file-name-safe name: "x86_64-debug-pvl", "mips64-release-nopvl",
-    /// "mips64-octeon-debug-pvl".
+    /// "mips64-octeon-debug-pvl", "x86_64-release-pvl-csw" (instrumented).
     pub fn slug(&self) -> String {
         format!(
-            "{}{}-{}-{}",
+            "{}{}-{}-{}{}",
             self.arch,
             if self.board == Board::Octeon {
                 "-octeon"
@@ -56,7 +66,8 @@ impl KernelConfig {
                 ""
             },
             self.profile(),
-            if self.per_vma_lock { "pvl" } else { "nopvl" }
+            if self.per_vma_lock { "pvl" } else { "nopvl" },
+            if self.count_shared_writes { "-csw" } else { "" }
         )
     }
 
@@ -194,8 +205,15 @@ impl KernelConfig {
         if !self.per_vma_lock {
             cmd.arg("--no-default-features");
         }
+        let mut features = Vec::new();
         if self.board == Board::Octeon {
-            cmd.args(["--features", "board-octeon"]);
+            features.push("board-octeon");
+        }
+        if self.count_shared_writes {
+            features.push("count-shared-writes");
+        }
+        if !features.is_empty() {
+            cmd.args(["--features", &features.join(",")]);
         }
         cmd
     }
@@ -203,6 +221,15 @@ impl KernelConfig {
     /// Builds the kernel and returns the path of its image. With `quiet`,
     /// cargo's output is captured and only shown (its tail) in the error.
     pub fn build(&self, quiet: bool) -> Result<PathBuf> {
+        // Every configuration of an architecture leaves its binary at the
+        // same path (`target/kernel/<target>/<profile>/samara`, cargo's
+        // uplifted copy, rewritten by every build, even an up-to-date one),
+        // so a build and the copy below must not interleave with another
+        // configuration's build: the copy would take the other's binary.
+        // Cargo's own lock covers only the build. This lock covers builds
+        // within one process (the QEMU tests build on several threads).
+        static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _serial = BUILD.lock().unwrap_or_else(|e| e.into_inner());
         self.build_user(quiet)?;
         let mut cmd = self.cargo("build");
         run_cargo(&mut cmd, quiet, &format!("kernel ({})", self.describe()))?;
@@ -274,6 +301,7 @@ mod tests {
             board: Board::Malta,
             release: true,
             per_vma_lock: false,
+            count_shared_writes: false,
         };
         let a = args(&c);
         assert!(a
@@ -311,6 +339,7 @@ mod tests {
             board: Board::Malta,
             release: false,
             per_vma_lock: true,
+            count_shared_writes: false,
         };
         let cmd = c.cargo("clippy");
         let envs: Vec<_> = cmd.get_envs().collect();
@@ -337,11 +366,49 @@ mod tests {
             board: Board::Octeon,
             release: true,
             per_vma_lock: false,
+            count_shared_writes: false,
         };
         let a = args(&c);
         assert!(a.windows(2).any(|w| w == ["--features", "board-octeon"]));
         assert!(a.contains(&"--no-default-features".to_string()));
         assert_eq!(c.slug(), "mips64-octeon-release-nopvl");
         assert_eq!(c.describe(), "mips64 (octeon), release, per-vma-lock off");
+        // Both features, in one comma-separated --features list.
+        let csw = KernelConfig {
+            count_shared_writes: true,
+            ..c
+        };
+        let a = args(&csw);
+        assert!(a
+            .windows(2)
+            .any(|w| w == ["--features", "board-octeon,count-shared-writes"]));
+        assert_eq!(csw.slug(), "mips64-octeon-release-nopvl-csw");
+    }
+
+    #[test]
+    fn instrumented_build_has_its_own_image() {
+        let c = KernelConfig {
+            arch: Arch::X86_64,
+            board: Board::Malta,
+            release: true,
+            per_vma_lock: true,
+            count_shared_writes: true,
+        };
+        let a = args(&c);
+        assert!(a
+            .windows(2)
+            .any(|w| w == ["--features", "count-shared-writes"]));
+        assert!(!a.contains(&"--no-default-features".to_string()));
+        assert_eq!(c.slug(), "x86_64-release-pvl-csw");
+        assert_eq!(
+            c.describe(),
+            "x86_64, release, per-vma-lock on, count-shared-writes"
+        );
+        let plain = KernelConfig {
+            count_shared_writes: false,
+            ..c
+        };
+        assert_ne!(plain.image_path(), c.image_path());
+        assert!(!args(&plain).iter().any(|x| x.contains("count-shared")));
     }
 }

@@ -137,6 +137,10 @@ struct KernelOpts {
     /// Build without the `per-vma-lock` feature (fault path under the mmap lock only).
     #[arg(long)]
     no_per_vma_lock: bool,
+    /// Instrumented build (feature `count-shared-writes`): faultstorm's line
+    /// adds mm's counts of atomic and shared-cache-line writes; slower.
+    #[arg(long)]
+    count_shared_writes: bool,
 }
 
 impl KernelOpts {
@@ -146,6 +150,7 @@ impl KernelOpts {
             board: self.board,
             release: self.release,
             per_vma_lock: !self.no_per_vma_lock,
+            count_shared_writes: self.count_shared_writes,
         }
     }
 }
@@ -228,6 +233,11 @@ struct BenchOpts {
     /// Also write the report into BENCHMARKS.md (plot to benchmarks/).
     #[arg(long)]
     save: bool,
+    /// Boot Samara's instrumented build (feature `count-shared-writes`):
+    /// the report adds the atomic and shared-cache-line writes per fault;
+    /// Samara's timings then include the counting's cost.
+    #[arg(long)]
+    count_shared_writes: bool,
 }
 
 #[derive(Args)]
@@ -526,6 +536,7 @@ fn test_steps(o: &TestOpts) -> Vec<Step> {
                 board: Board::Malta,
                 release,
                 per_vma_lock: true,
+                count_shared_writes: false,
             };
             // The user programs first: the kernel embeds them, and clippy
             // checks them for the same target.
@@ -542,6 +553,17 @@ fn test_steps(o: &TestOpts) -> Vec<Step> {
             status(
                 &mut cmd,
                 &format!("cargo clippy (kernel, {arch}) -- -D warnings"),
+            )?;
+            // The instrumented build compiles code the plain one does not.
+            let counted = KernelConfig {
+                count_shared_writes: true,
+                ..config
+            };
+            let mut cmd = counted.cargo("clippy");
+            cmd.args(["--", "-D", "warnings"]);
+            status(
+                &mut cmd,
+                &format!("cargo clippy (kernel, {arch}, count-shared-writes) -- -D warnings"),
             )
         }));
     }
@@ -554,6 +576,7 @@ fn test_steps(o: &TestOpts) -> Vec<Step> {
                 board: Board::Octeon,
                 release,
                 per_vma_lock: true,
+                count_shared_writes: false,
             };
             let mut cmd = config.cargo("clippy");
             cmd.args(["--", "-D", "warnings"]);
@@ -625,10 +648,22 @@ fn test_steps(o: &TestOpts) -> Vec<Step> {
                 board: Board::Malta,
                 release: o.release,
                 per_vma_lock,
+                count_shared_writes: false,
             })
         })
         .collect();
-    let build_configs = configs.clone();
+    let mut build_configs = configs.clone();
+    // The instrumented build too: the `faultstorm_counted` tests of the pvl
+    // configurations boot it.
+    build_configs.extend(
+        configs
+            .iter()
+            .filter(|c| c.per_vma_lock)
+            .map(|c| KernelConfig {
+                count_shared_writes: true,
+                ..*c
+            }),
+    );
     steps.push(Step::new("build-kernels", move || {
         for c in &build_configs {
             println!("xtask: building kernel ({})", c.describe());
@@ -647,6 +682,7 @@ fn test_steps(o: &TestOpts) -> Vec<Step> {
                 board: Board::Octeon,
                 release: o.release,
                 per_vma_lock,
+                count_shared_writes: false,
             })
             .collect();
         steps.push(Step::new("octeon-image", move || {
@@ -813,6 +849,7 @@ fn flash(o: &FlashOpts) -> Result<Option<u8>> {
         board: Board::Octeon,
         release: o.release,
         per_vma_lock: !o.no_per_vma_lock,
+        count_shared_writes: false,
     };
     println!("xtask: building kernel ({})", config.describe());
     let image = config.build(false)?;
@@ -893,6 +930,7 @@ fn bench(o: &BenchOpts) -> Result<()> {
         mem: o.mem.clone(),
         linux_kernel: o.linux_kernel.clone(),
         save: o.save,
+        count_shared_writes: o.count_shared_writes,
         command: format!("cargo xtask {}", args.join(" ")),
     })
 }

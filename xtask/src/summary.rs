@@ -53,9 +53,13 @@ pub fn readable(output: &str) -> Option<String> {
         get("status"),
         get("checks")
     );
-    if let Some(f) =
-        fields(output, "faultstorm: threads=").or_else(|| fields(output, "faultstorm: "))
-    {
+    // faultstorm's machine-readable line (its readable ones share the prefix).
+    let storm = output
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with("faultstorm: threads="))
+        .and_then(|l| fields(l.trim_start(), "faultstorm: "));
+    if let Some(f) = storm.or_else(|| fields(output, "faultstorm: ")) {
         if let Some(rate) = f.get("faults_per_sec") {
             let _ = writeln!(t, "  {:<28} {}", "faults per second", grouped(rate));
         }
@@ -70,6 +74,34 @@ pub fn readable(output: &str) -> Option<String> {
                 p / 10,
                 p % 10
             );
+        }
+        // touch_cycles over the pages written: each write was a first touch.
+        let n = |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok());
+        if let (Some(c), Some(threads), Some(pages), Some(rounds)) =
+            (n("touch_cycles"), n("threads"), n("pages"), n("rounds"))
+        {
+            if let Some(per) = c.checked_div(threads * pages * rounds) {
+                let _ = writeln!(
+                    t,
+                    "  {:<28} {}",
+                    "cycles per page written",
+                    grouped(&per.to_string())
+                );
+            }
+        }
+    }
+    for (label, prefix) in [
+        ("cycles per mmap+munmap", "mmap-loop: "),
+        ("cycles per fork+exit+wait", "fork-loop: "),
+    ] {
+        let Some(l) = fields(output, prefix) else {
+            continue;
+        };
+        let n = |k: &str| l.get(k).and_then(|v| v.parse::<u64>().ok());
+        if let (Some(c), Some(ops)) = (n("cycles"), n("ops")) {
+            if let Some(per) = c.checked_div(ops) {
+                let _ = writeln!(t, "  {label:<28} {}", grouped(&per.to_string()));
+            }
         }
     }
     let rows = [
@@ -98,7 +130,8 @@ mod tests {
     use super::*;
 
     const OUT: &str = "banner\r\n\
-        faultstorm: threads=2 pages=10 rounds=1 faults=20 ns=5 faults_per_sec=4000000 lockless_permille=975\r\n\
+        faultstorm: threads=2 pages=10 rounds=1 faults=20 ns=5 faults_per_sec=4000000 lockless_permille=975 touch_cycles=60000\r\n\
+        mmap-loop: ops=10 pages=4 cycles=123450 ns=100\r\n\
         samara: summary: workload=faultstorm status=0 cpus=4 per_vma_lock=on faults=1234567 vma_lock_success=7 checks=pass\r\n\
         samara: result: pass: x\r\n";
 
@@ -118,6 +151,10 @@ mod tests {
         assert!(t.contains("faults per second            4,000,000"), "{t}");
         assert!(t.contains("97.5 %"), "{t}");
         assert!(t.contains("VMA_LOCK_ABORT               ?"), "{t}");
+        assert!(t.contains("cycles per page written      3,000"), "{t}");
+        assert!(t.contains("cycles per mmap+munmap       12,345"), "{t}");
+        // No fork-loop line: no row.
+        assert!(!t.contains("fork"), "{t}");
         assert_eq!(readable("no summary here"), None);
         assert_eq!(grouped("100"), "100");
         assert_eq!(grouped("1000"), "1,000");

@@ -45,6 +45,15 @@ pub mod config4 {
     pub const AE: u64 = 1 << 24;
 }
 
+/// HWREna bits (CP0 register 7, select 0): which hardware registers user
+/// mode may read with `rdhwr` (the rest raise Reserved Instruction).
+pub mod hwrena {
+    /// Hardware register 2, CC: the Count register.
+    pub const CC: u64 = 1 << 2;
+    /// Hardware register 3, CCRes: how many CPU cycles one Count tick is.
+    pub const CCRES: u64 = 1 << 3;
+}
+
 /// PageGrain bits (CP0 register 5, select 1).
 pub mod pagegrain {
     /// Read-inhibit enable.
@@ -166,6 +175,9 @@ read32!(
 read32!(
     /// Compare (11, 0).
     compare, "$11");
+read32!(
+    /// HWREna (7, 0).
+    hwrena, "$7, 0");
 
 /// EBase.CPUNum: this CPU's number, 0 on the boot CPU.
 #[inline(always)]
@@ -220,6 +232,18 @@ pub fn set_kscratch_cpu(n: u64) {
     // SAFETY: KScratch3 is software state only Samara reads.
     unsafe {
         asm!(".set push", ".set noat", "dmtc0 {0}, $31, 3", "ehb", ".set pop", in(reg) n, options(nomem, nostack, preserves_flags))
+    };
+}
+
+/// Writes HWREna: which hardware registers user mode may read with `rdhwr`.
+#[inline(always)]
+pub fn set_hwrena(v: u64) {
+    // SAFETY: HWREna only decides whether a user `rdhwr` of each register
+    // reads it or raises Reserved Instruction; the registers it can expose
+    // (CPU number, SYNCI step, Count and its resolution, UserLocal) are
+    // read-only to user mode and carry no kernel secrets.
+    unsafe {
+        asm!(".set push", ".set noat", "mtc0 {0}, $7, 0", "ehb", ".set pop", in(reg) v, options(nomem, nostack, preserves_flags))
     };
 }
 

@@ -65,8 +65,10 @@ pub const NAME: &str = "mips64";
 /// Per-CPU MMU and exception setup, on every CPU before it can fault: the
 /// kernel's exception vectors, this CPU's logical number in KScratch3
 /// ([`smp::this_cpu`]), the TLB reset and configuration ([`tlb::init`]),
-/// and KScratch2 pointing at the empty root ([`mmu::empty_root`]) with
-/// ASID 0. The boot CPU's entry code calls it;
+/// KScratch2 pointing at the empty root ([`mmu::empty_root`]) with
+/// ASID 0, and HWREna letting user mode read Count and its resolution
+/// (`rdhwr $2`, `$3`: the user programs' cycle counter, the unit of the
+/// kernel's own per-fault cycle counts). The boot CPU's entry code calls it;
 /// a secondary released by [`smp::start_secondary`] calls it first thing.
 /// Interrupts stay off; [`timer::start`] starts the tick.
 pub fn init_cpu() -> Result<tlb::TlbInfo, tlb::TlbError> {
@@ -78,5 +80,6 @@ pub fn init_cpu() -> Result<tlb::TlbInfo, tlb::TlbError> {
     // SAFETY: the empty root is a valid, all-zero root table for the whole
     // run, and EntryHi holds ASID 0 after `tlb::init`.
     unsafe { cp0::set_kscratch_pgd(mmu::empty_root()) };
+    cp0::set_hwrena(cp0::hwrena::CC | cp0::hwrena::CCRES);
     Ok(info)
 }

@@ -88,6 +88,7 @@ pub fn has_1g_pages() -> bool {
 /// CR0 / CR4 bits.
 const CR0_EM: u64 = 1 << 2;
 const CR0_TS: u64 = 1 << 3;
+const CR4_TSD: u64 = 1 << 2;
 const CR4_SMEP: u64 = 1 << 20;
 const CR4_SMAP: u64 = 1 << 21;
 
@@ -101,6 +102,10 @@ const CR4_SMAP: u64 = 1 << 21;
 /// * CR4.SMEP and CR4.SMAP when the CPU has them: the kernel never executes
 ///   or touches user pages through user addresses (it copies through the
 ///   physmap after walking the page table), so either would catch a bug.
+/// * CR4.TSD clear: user mode may read the TSC (`rdtsc`), the counter the
+///   user programs time their loops with (`samara_user::cycles`), in the
+///   same unit as the kernel's per-fault cycle counts. Cleared explicitly
+///   rather than trusting the boot loader's CR4.
 pub fn init_features() {
     let l7 = if __cpuid(0).eax >= 7 {
         core::arch::x86_64::__cpuid_count(7, 0).ebx
@@ -109,7 +114,8 @@ pub fn init_features() {
     };
     // SAFETY: setting EM and clearing TS only changes which FPU
     // instructions trap; SMEP/SMAP are set only when CPUID reports them, and
-    // no kernel code accesses user addresses.
+    // no kernel code accesses user addresses; clearing TSD only lets user
+    // mode read the TSC.
     unsafe {
         let mut cr0: u64;
         core::arch::asm!("mov {}, cr0", out(reg) cr0, options(nostack, nomem));
@@ -117,6 +123,7 @@ pub fn init_features() {
         core::arch::asm!("mov cr0, {}", in(reg) cr0, options(nostack));
         let mut cr4: u64;
         core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nostack, nomem));
+        cr4 &= !CR4_TSD;
         if l7 & (1 << 7) != 0 {
             cr4 |= CR4_SMEP;
         }

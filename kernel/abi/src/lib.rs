@@ -28,7 +28,7 @@
 //! | 9 | `thread_create` | entry pc, stack top, a0, a1 | the new thread's id; it starts at `entry(a0, a1)` on the given stack (16-byte aligned top) |
 //! | 10 | `thread_join` | tid | the thread's exit value |
 //! | 11 | `thread_exit` | value | never: ends the calling thread (the last thread ends the process with `value & 0xff`) |
-//! | 12 | `stats` | ptr to [`Stats`], size | 0; fills `min(size, size_of::<Stats>())` bytes |
+//! | 12 | `stats` | ptr to [`Stats`], size, flags ([`stats_flags`]) | 0; fills `min(size, size_of::<Stats>())` bytes |
 //! | 13 | `clock` | | nanoseconds since boot |
 //! | 14 | `getpid` | | the process id |
 //! | 15 | `gettid` | | the thread id |
@@ -156,6 +156,18 @@ pub mod status {
     pub const OOM: u64 = 128 + 9;
 }
 
+/// Flags of the `stats` call (its third argument); other bits are
+/// [`Errno::Inval`].
+pub mod stats_flags {
+    /// After filling the record, clear the shared-cache-line counts
+    /// ([`super::Stats::linecount`]); a no-op on a kernel that does not
+    /// count. The counts are exact only if no other thread is inside a page
+    /// fault meanwhile: call it while the caller is the only thread that
+    /// runs user code.
+    pub const RESET_LINECOUNT: u64 = 1;
+    pub const ALL: u64 = RESET_LINECOUNT;
+}
+
 /// What `stats` returns. All fields are `u64`, so the layout is the same
 /// on every architecture; new fields are only ever appended.
 #[repr(C)]
@@ -201,6 +213,98 @@ pub struct Stats {
     /// 1 if the MMU enforces `PROT_EXEC` (x86_64 NX; MIPS RI/XI, which
     /// QEMU's Octeon68XX lacks), 0 if data pages are executable anyway.
     pub exec_protection: u64,
+    /// 1 if the kernel was built with `count-shared-writes` (mm's
+    /// `linecount`): the four counts below are valid. They cover every page
+    /// fault since boot or since the last [`stats_flags::RESET_LINECOUNT`].
+    pub linecount: u64,
+    /// Atomic read-modify-writes inside page faults (`atomic_rmw=`).
+    pub line_rmw: u64,
+    /// Atomic stores inside page faults (`atomic_stores=`).
+    pub line_stores: u64,
+    /// Writes of both kinds to cache lines that two or more CPUs wrote
+    /// (`shared_writes=`).
+    pub line_shared_writes: u64,
+    /// Distinct cache lines two or more CPUs wrote (`shared_lines=`).
+    pub line_shared_lines: u64,
+}
+
+/// The arguments of the `faultstorm` user program (`workload=faultstorm`),
+/// packed by the kernel into the two words every program starts with
+/// (`_start(arg0, arg1)`) and unpacked by the program:
+///
+/// | word | bits | field |
+/// | --- | --- | --- |
+/// | `arg0` | 7..0 | `threads`: faulting threads |
+/// | `arg0` | 31..8 | `mmap_ops`: mmap+munmap pairs of the `mmap-loop` line |
+/// | `arg0` | 55..32 | `fork_ops`: fork+exit+wait rounds of the `fork-loop` line |
+/// | `arg1` | 31..0 | `pages`: pages per faulting thread's region |
+/// | `arg1` | 63..32 | `rounds`: map-touch-unmap rounds per faulting thread |
+///
+/// Zero in a field means "the program's default".
+pub mod faultstorm {
+    /// The largest value of each field.
+    pub const MAX_THREADS: u32 = 64;
+    pub const MAX_PAGES: u32 = 1 << 20;
+    pub const MAX_ROUNDS: u32 = 100_000;
+    pub const MAX_MMAP_OPS: u32 = 10_000_000;
+    pub const MAX_FORK_OPS: u32 = 1_000_000;
+
+    /// Pages of the untouched region each `mmap-loop` op maps and unmaps,
+    /// and pages written before the `fork-loop` forks: the sizes the Linux
+    /// anchor (tests/linux-anchor) uses, which `cargo xtask bench` passes
+    /// it from these constants, so the two systems' lines describe the
+    /// same work.
+    pub const MMAP_LOOP_PAGES: u64 = 4;
+    pub const FORK_LOOP_PAGES: u64 = 64;
+
+    const OPS_BITS: u32 = 24;
+    const OPS_MASK: u64 = (1 << OPS_BITS) - 1;
+
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct Args {
+        pub threads: u32,
+        pub pages: u32,
+        pub rounds: u32,
+        pub mmap_ops: u32,
+        pub fork_ops: u32,
+    }
+
+    // Every maximum fits its field.
+    const _: () = assert!(MAX_THREADS < 1 << 8);
+    const _: () = assert!(MAX_MMAP_OPS as u64 <= OPS_MASK && MAX_FORK_OPS as u64 <= OPS_MASK);
+
+    impl Args {
+        /// The two start words, or `None` if a field exceeds its maximum
+        /// (it would not survive the packing).
+        pub fn encode(self) -> Option<[u64; 2]> {
+            let fits = self.threads <= MAX_THREADS
+                && self.pages <= MAX_PAGES
+                && self.rounds <= MAX_ROUNDS
+                && self.mmap_ops <= MAX_MMAP_OPS
+                && self.fork_ops <= MAX_FORK_OPS;
+            fits.then(|| {
+                [
+                    u64::from(self.threads)
+                        | u64::from(self.mmap_ops) << 8
+                        | u64::from(self.fork_ops) << (8 + OPS_BITS),
+                    u64::from(self.pages) | u64::from(self.rounds) << 32,
+                ]
+            })
+        }
+
+        /// Unpacks the start words. Bits outside the fields are ignored;
+        /// a field above its maximum is clamped to it.
+        pub fn decode(words: [u64; 2]) -> Args {
+            let field = |v: u64, max: u32| v.min(u64::from(max)) as u32;
+            Args {
+                threads: field(words[0] & 0xff, MAX_THREADS),
+                mmap_ops: field(words[0] >> 8 & OPS_MASK, MAX_MMAP_OPS),
+                fork_ops: field(words[0] >> (8 + OPS_BITS) & OPS_MASK, MAX_FORK_OPS),
+                pages: field(words[1] & 0xffff_ffff, MAX_PAGES),
+                rounds: field(words[1] >> 32, MAX_ROUNDS),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -225,5 +329,61 @@ mod tests {
     fn stats_layout_is_plain_u64s() {
         assert_eq!(core::mem::size_of::<Stats>() % 8, 0);
         assert_eq!(core::mem::align_of::<Stats>(), 8);
+    }
+
+    #[test]
+    fn faultstorm_args_round_trip() {
+        use faultstorm::*;
+        let max = Args {
+            threads: MAX_THREADS,
+            pages: MAX_PAGES,
+            rounds: MAX_ROUNDS,
+            mmap_ops: MAX_MMAP_OPS,
+            fork_ops: MAX_FORK_OPS,
+        };
+        let some = Args {
+            threads: 3,
+            pages: 64,
+            rounds: 2,
+            mmap_ops: 10_000,
+            fork_ops: 200,
+        };
+        for a in [Args::default(), max, some] {
+            assert_eq!(Args::decode(a.encode().unwrap()), a);
+        }
+        // The layout the table documents (the kernel and the program are
+        // built separately, so the layout itself is the contract).
+        assert_eq!(
+            some.encode().unwrap(),
+            [3 | 10_000 << 8 | 200 << 32, 64 | 2 << 32]
+        );
+        for bad in [
+            Args {
+                threads: MAX_THREADS + 1,
+                ..some
+            },
+            Args {
+                pages: MAX_PAGES + 1,
+                ..some
+            },
+            Args {
+                rounds: MAX_ROUNDS + 1,
+                ..some
+            },
+            Args {
+                mmap_ops: MAX_MMAP_OPS + 1,
+                ..some
+            },
+            Args {
+                fork_ops: MAX_FORK_OPS + 1,
+                ..some
+            },
+        ] {
+            assert_eq!(bad.encode(), None, "{bad:?}");
+        }
+        // Out-of-range words clamp instead of wrapping into other fields.
+        assert_eq!(Args::decode([0xff, u64::MAX]).threads, MAX_THREADS);
+        assert_eq!(Args::decode([0xff, u64::MAX]).rounds, MAX_ROUNDS);
+        assert_eq!(Args::decode([0, 0xffff_ffff]).pages, MAX_PAGES);
     }
 }

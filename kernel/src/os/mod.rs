@@ -105,6 +105,7 @@ pub fn start(info: &'static BootInfo, opts: Options, per_vma_lock: bool, run: Ru
         "  cpus:         {started} online; {}",
         arch::mmu::describe()
     );
+    stats::install_linecount_hook();
     arch::timer::start_tick(sched::HZ);
     workload::start_init(opts, run);
     sched::idle_loop()

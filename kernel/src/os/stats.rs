@@ -36,5 +36,40 @@ pub fn collect() -> Stats {
     s.vma_lock_miss = f.miss;
     s.mmap_lock_faults = f.mmap_locked;
     s.vmas_live = f.vmas_live;
+    #[cfg(feature = "count-shared-writes")]
+    {
+        let l = mm::linecount::summary();
+        s.linecount = 1;
+        s.line_rmw = l.rmw;
+        s.line_stores = l.stores;
+        s.line_shared_writes = l.shared_writes;
+        s.line_shared_lines = l.shared_lines;
+    }
     s
+}
+
+/// Clears the shared-cache-line counts (see `samara_abi::stats_flags`).
+pub fn reset_linecount() {
+    #[cfg(feature = "count-shared-writes")]
+    mm::linecount::reset();
+}
+
+/// mm's `linecount` hook: the CPU whose writes are being counted. Every
+/// CPU that runs mm code has its per-CPU state set up by the time the
+/// kernel installs the hook ([`install_linecount_hook`]).
+#[cfg(feature = "count-shared-writes")]
+fn linecount_cpu() -> Option<mm::cpu::CpuId> {
+    Some(super::cpu_id())
+}
+
+/// Starts counting shared-cache-line writes (instrumented builds; a no-op
+/// otherwise). Called once every CPU is online: the hook reads the CPU
+/// number from per-CPU state (GS on x86_64, KScratch on MIPS64), which a
+/// CPU still coming up may not have yet.
+pub fn install_linecount_hook() {
+    #[cfg(feature = "count-shared-writes")]
+    {
+        mm::linecount::set_cpu_hook(linecount_cpu);
+        mm::linecount::reset();
+    }
 }

@@ -42,7 +42,7 @@ pub fn dispatch(frame: &mut UserFrame) {
         abi::SYS_WAIT => wait(cpu, a[0], a[1]),
         abi::SYS_THREAD_CREATE => thread_create(a[0], a[1], [a[2], a[3]]),
         abi::SYS_THREAD_JOIN => process().join(a[0]),
-        abi::SYS_STATS => stats_call(cpu, a[0], a[1]),
+        abi::SYS_STATS => stats_call(cpu, a[0], a[1], a[2]),
         abi::SYS_CLOCK => Ok(arch::timer::now_ns()),
         abi::SYS_GETPID => Ok(process().pid),
         abi::SYS_GETTID => Ok(sched::current().tid),
@@ -102,7 +102,10 @@ fn thread_create(entry: u64, stack_top: u64, args: [u64; 2]) -> Result<u64, Errn
     Ok(tid)
 }
 
-fn stats_call(cpu: usize, ptr: u64, size: u64) -> Result<u64, Errno> {
+fn stats_call(cpu: usize, ptr: u64, size: u64, flags: u64) -> Result<u64, Errno> {
+    if flags & !abi::stats_flags::ALL != 0 {
+        return Err(Errno::Inval);
+    }
     let s: Stats = stats::collect();
     let n = (size as usize).min(core::mem::size_of::<Stats>());
     // SAFETY: `Stats` is `repr(C)` and all `u64`: plain bytes, no padding.
@@ -113,5 +116,8 @@ fn stats_call(cpu: usize, ptr: u64, size: u64) -> Result<u64, Errno> {
         )
     };
     process().mm.copy_to_user(cpu, ptr, &bytes[..n])?;
+    if flags & abi::stats_flags::RESET_LINECOUNT != 0 {
+        stats::reset_linecount();
+    }
     Ok(0)
 }

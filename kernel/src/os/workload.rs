@@ -272,22 +272,48 @@ fn user_test() -> ! {
 }
 
 /// The program and arguments of a workload.
-fn program(w: Workload, o: &Options) -> (&'static str, [u64; 2]) {
+fn program(w: Workload, o: &Options) -> Result<(&'static str, [u64; 2]), &'static str> {
     let t = u64::from(o.threads.unwrap_or(0));
-    let pages = u64::from(o.pages.unwrap_or(0));
     let rounds = u64::from(o.rounds.unwrap_or(0));
-    match w {
+    Ok(match w {
         Workload::None => ("", [0, 0]),
         Workload::Hello => ("hello", [0, 0]),
-        Workload::Faultstorm => ("faultstorm", [t, pages | rounds << 32]),
+        Workload::Faultstorm => {
+            let args = samara_abi::faultstorm::Args {
+                threads: o.threads.unwrap_or(0),
+                pages: o.pages.unwrap_or(0),
+                rounds: o.rounds.unwrap_or(0),
+                mmap_ops: o.mmap_ops.unwrap_or(0),
+                fork_ops: o.fork_ops.unwrap_or(0),
+            };
+            // The options' ranges are within the encoding's (checked at
+            // compile time below), so this fails only if they drift apart.
+            let words = args
+                .encode()
+                .ok_or("a faultstorm parameter exceeds what its argument words carry")?;
+            ("faultstorm", words)
+        }
         Workload::ForkbombLite => ("forkbomb", [rounds, t]),
         Workload::Segv => ("segv", [0, 0]),
         Workload::TlbShootdown => ("tlbcheck", [rounds, 0]),
-    }
+    })
 }
 
+// Every value the command line accepts survives `faultstorm`'s packing.
+const _: () = {
+    use samara_abi::faultstorm as fs;
+    assert!(boot::options::MAX_THREADS <= fs::MAX_THREADS);
+    assert!(boot::options::MAX_PAGES <= fs::MAX_PAGES);
+    assert!(boot::options::MAX_ROUNDS <= fs::MAX_ROUNDS);
+    assert!(boot::options::MAX_MMAP_OPS <= fs::MAX_MMAP_OPS);
+    assert!(boot::options::MAX_FORK_OPS <= fs::MAX_FORK_OPS);
+};
+
 fn run_workload(w: Workload, o: &Options) -> ! {
-    let (name, args) = program(w, o);
+    let (name, args) = match program(w, o) {
+        Ok(p) => p,
+        Err(e) => fail("workload", format_args!("{}: {e}", w.name())),
+    };
     if name.is_empty() {
         crate::finish(
             ExitStatus::Success,

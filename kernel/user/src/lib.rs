@@ -127,13 +127,18 @@ pub fn thread_join(tid: u64) -> Result<u64, Errno> {
 }
 
 pub fn stats() -> Stats {
+    stats_with(0)
+}
+
+/// [`stats`] with `flags` ([`samara_abi::stats_flags`]).
+pub fn stats_with(flags: u64) -> Stats {
     let mut s = Stats::default();
     let r = syscall(
         samara_abi::SYS_STATS,
         [
             &mut s as *mut Stats as u64,
             core::mem::size_of::<Stats>() as u64,
-            0,
+            flags,
             0,
             0,
             0,
@@ -155,6 +160,117 @@ pub fn getpid() -> u64 {
 
 pub fn gettid() -> u64 {
     sys::call(samara_abi::SYS_GETTID, [0; 6])
+}
+
+/// The CPU's cycle counter, read in user mode: the same counter the
+/// kernel's `cycles_per_fault` and [`Stats::cycles_per_second`] use, so
+/// figures from both are in one unit.
+///
+/// - x86_64: the TSC (`rdtsc`, allowed in user mode because the kernel
+///   keeps CR4.TSD clear on every CPU), 64 bits wide.
+/// - MIPS64: CP0 Count through `rdhwr $2` (hardware register CC, which the
+///   kernel enables for user mode in HWREna on every CPU). Count is 32 bits
+///   wide and wraps (every 26.8 s at QEMU Malta's 160 MHz): subtract two
+///   readings with [`cycles_between`], and keep each timed span well under
+///   a wrap, or time longer loops with a [`Stopwatch`].
+///
+/// Threads can move between CPUs; the counters of different CPUs run from
+/// one clock under QEMU (TSC and Count alike), so a span measured across a
+/// migration is still right there.
+#[inline(always)]
+pub fn cycles() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `rdtsc` only reads the time-stamp counter; it faults in
+        // user mode only if CR4.TSD is set, which Samara never does
+        // (arch/src/x86_64/cpu.rs `init_features` clears it).
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+    #[cfg(target_arch = "mips64")]
+    {
+        let c: u64;
+        // SAFETY: `rdhwr $2` reads CP0 Count, with no other effect; user
+        // mode may execute it because the kernel sets HWREna.CC on every CPU
+        // (arch/src/mips64/mod.rs `init_cpu`). The value arrives
+        // sign-extended from 32 bits; the mask keeps the counter's bits.
+        unsafe {
+            core::arch::asm!(
+                ".set push",
+                ".set mips64r2",
+                ".set noat",
+                "rdhwr {0}, $2",
+                ".set pop",
+                out(reg) c,
+                options(nomem, nostack, preserves_flags)
+            )
+        };
+        c & CYCLES_MASK
+    }
+}
+
+/// The bits [`cycles`] counts in: it wraps from `CYCLES_MASK` to 0.
+#[cfg(target_arch = "x86_64")]
+pub const CYCLES_MASK: u64 = u64::MAX;
+/// The bits [`cycles`] counts in: it wraps from `CYCLES_MASK` to 0.
+#[cfg(target_arch = "mips64")]
+pub const CYCLES_MASK: u64 = 0xffff_ffff;
+
+/// Counter ticks from reading `start` to the later reading `end`, across
+/// at most one wrap of a narrow counter. A span that seems to run backwards
+/// (more than half the counter's range, which no timed span here comes
+/// near: a reading on a CPU whose counter lags the first one's) counts as
+/// zero rather than as almost a whole wrap.
+#[inline(always)]
+pub fn cycles_between(start: u64, end: u64) -> u64 {
+    let d = end.wrapping_sub(start) & CYCLES_MASK;
+    if d > CYCLES_MASK / 2 {
+        0
+    } else {
+        d
+    }
+}
+
+/// Times a loop of many short pieces of work with [`cycles`], exactly,
+/// even when the whole loop lasts longer than a narrow counter's wrap
+/// period: [`Stopwatch::keep_up`] after each piece adds the span since the
+/// previous reading (consecutive spans share their readings, so nothing
+/// between them is lost or counted twice). On a 64-bit counter `keep_up`
+/// reads nothing, and the timed region is the same as one reading before
+/// the loop and one after it.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopwatch {
+    last: u64,
+    total: u64,
+}
+
+impl Stopwatch {
+    /// Starts counting now.
+    #[inline(always)]
+    pub fn start() -> Stopwatch {
+        Stopwatch {
+            last: cycles(),
+            total: 0,
+        }
+    }
+
+    /// Folds the span since the previous reading into the total if the
+    /// counter could wrap before the next one: call it at least once per
+    /// wrap period.
+    #[inline(always)]
+    pub fn keep_up(&mut self) {
+        if CYCLES_MASK != u64::MAX {
+            self.elapsed();
+        }
+    }
+
+    /// The counter ticks since [`Stopwatch::start`].
+    #[inline(always)]
+    pub fn elapsed(&mut self) -> u64 {
+        let now = cycles();
+        self.total += cycles_between(self.last, now);
+        self.last = now;
+        self.total
+    }
 }
 
 pub const PAGE: u64 = 4096;
