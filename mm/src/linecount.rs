@@ -30,6 +30,9 @@ const SLOTS: usize = 1 << SLOT_BITS;
 /// Per slot: the CPUs that wrote the line (bit mask), and the writes.
 static WRITERS: [CoreU64; SLOTS] = [const { CoreU64::new(0) }; SLOTS];
 static WRITES: [CoreU64; SLOTS] = [const { CoreU64::new(0) }; SLOTS];
+/// Per slot: the last line address written there (for diagnosis: which
+/// object a shared line belongs to).
+static LINE: [CoreU64; SLOTS] = [const { CoreU64::new(0) }; SLOTS];
 
 /// Per CPU: inside a scope?, read-modify-writes, stores.
 static IN_SCOPE: [CachePadded<CoreBool>; MAX_CPUS] =
@@ -69,6 +72,7 @@ fn note(addr: usize, rmw: bool) {
         (line.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (usize::BITS - SLOT_BITS)) & (SLOTS - 1);
     WRITERS[slot].fetch_or(1 << cpu, Ordering::Relaxed);
     WRITES[slot].fetch_add(1, Ordering::Relaxed);
+    LINE[slot].store((line << LINE_SHIFT) as u64, Ordering::Relaxed);
     let c = &COUNTS[cpu][usize::from(!rmw)];
     c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
@@ -103,11 +107,28 @@ pub fn summary() -> LineCounts {
     s
 }
 
+/// Calls `f(line address, CPU mask, writes)` for every line that two or
+/// more CPUs wrote since the last [`reset`] (the address is the last one
+/// that hashed to the slot).
+pub fn for_each_shared(mut f: impl FnMut(usize, u64, u64)) {
+    for ((w, n), a) in WRITERS.iter().zip(WRITES.iter()).zip(LINE.iter()) {
+        let mask = w.load(Ordering::Relaxed);
+        if mask.count_ones() >= 2 {
+            f(
+                a.load(Ordering::Relaxed) as usize,
+                mask,
+                n.load(Ordering::Relaxed),
+            );
+        }
+    }
+}
+
 /// Clears the table and the counters (no scope may be open).
 pub fn reset() {
-    for (w, n) in WRITERS.iter().zip(WRITES.iter()) {
+    for ((w, n), a) in WRITERS.iter().zip(WRITES.iter()).zip(LINE.iter()) {
         w.store(0, Ordering::Relaxed);
         n.store(0, Ordering::Relaxed);
+        a.store(0, Ordering::Relaxed);
     }
     for c in COUNTS.iter() {
         c[0].store(0, Ordering::Relaxed);
