@@ -26,7 +26,7 @@
 
 use core::fmt;
 
-use crate::pvh::PhysMem;
+use crate::pvh::{u32_at, u64_at, PhysMem};
 
 /// Most CPUs reported (Samara manages at most 64; more are counted in
 /// [`Madt::ignored`]).
@@ -107,14 +107,6 @@ impl Madt {
     pub fn apic_ids(&self) -> &[u32] {
         &self.apic_ids[..self.count]
     }
-}
-
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
-}
-
-fn u64_at(b: &[u8], off: usize) -> u64 {
-    u64::from(u32_at(b, off)) | (u64::from(u32_at(b, off + 4)) << 32)
 }
 
 fn read<'m>(

@@ -112,11 +112,13 @@ impl From<MapError> for PvhError {
     }
 }
 
-fn u32_at(b: &[u8], off: usize) -> u32 {
+/// The little-endian `u32` at byte `off` of `b` (PVH and ACPI tables).
+pub(crate) fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
-fn u64_at(b: &[u8], off: usize) -> u64 {
+/// The little-endian `u64` at byte `off` of `b`.
+pub(crate) fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from(u32_at(b, off)) | (u64::from(u32_at(b, off + 4)) << 32)
 }
 

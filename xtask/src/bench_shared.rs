@@ -80,8 +80,8 @@ pub fn parse(output: &str) -> Result<Run> {
     Ok(run)
 }
 
-/// The test command.
-const ARGS: &[&str] = &[
+/// The test command (also `cargo xtask test`'s `mm-shared-lines` step).
+pub const ARGS: &[&str] = &[
     "test",
     "-p",
     "mm",

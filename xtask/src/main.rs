@@ -607,18 +607,7 @@ fn test_steps(o: &TestOpts) -> Vec<Step> {
     // The instrumented build: shared-cache-line writes per fault.
     steps.push(Step::cargo(
         "mm-shared-lines",
-        &[
-            "test",
-            "-p",
-            "mm",
-            "--release",
-            "--features",
-            "count-shared-writes",
-            "--test",
-            "linecount",
-            "--",
-            "--nocapture",
-        ],
+        xtask::bench_shared::ARGS,
         &[],
     ));
 
