@@ -45,8 +45,9 @@
 //! except in user mode and in [`irq::wait_for_interrupt`] (the idle loop).
 //! A port's [`irq::relax`] may also enable them around a halt inside a
 //! kernel spin loop, provided its handlers then only acknowledge the
-//! interrupt (run no kernel entry point) and nothing the interrupt stands
-//! for is lost: x86_64 under a hypervisor and MIPS on Malta do. Consequently `mm`'s spin locks never need to be interrupt-safe, kernel
+//! interrupt and run no kernel entry point (x86_64 under a hypervisor and
+//! MIPS on Malta do; x86_64 keeps the tick's deadline pending across the
+//! halt, Malta drops a tick that falls inside one). Consequently `mm`'s spin locks never need to be interrupt-safe, kernel
 //! code is never preempted, and preemption happens only on a timer tick that
 //! interrupted user mode (or idle). Every entry from user mode (syscall,
 //! exception, interrupt) must leave interrupts disabled for the kernel, and
