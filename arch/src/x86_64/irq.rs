@@ -1,7 +1,9 @@
 //! Interrupt enable/disable for the idle loop, and what a spinning CPU
 //! does between two polls ([`relax`]).
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use mm::spinwait::{SpinWait, YieldPolicy};
 
 use super::smp::{self, MAX_CPUS};
 use super::timer;
@@ -46,27 +48,16 @@ const HALT_US: u64 = 50;
 /// CPU did something else in between, so the spin count starts again.
 const SAME_WAIT_GAP_US: u64 = 5;
 
-/// Per-CPU state of the current wait. Written only by its own CPU with
-/// interrupts off, and read by its own interrupt handler: Relaxed suffices
-/// (program order on one CPU; the `asm!` around the halt is a compiler
-/// barrier).
-struct RelaxState {
-    /// TSC at the first relax call of the current wait.
-    since: AtomicU64,
-    /// TSC at the latest relax call.
-    last: AtomicU64,
-    /// Inside the halt of [`relax`]: the timer and IPI handlers only
-    /// acknowledge (see [`in_relax_halt`]).
-    halted: AtomicBool,
-}
+/// Per CPU: its current wait (`mm::spinwait` recognises waits and says
+/// when to halt). Only its own CPU touches its slot, with interrupts off.
+static WAITS: [SpinWait; MAX_CPUS] = [const { SpinWait::new() }; MAX_CPUS];
 
-static RELAX: [RelaxState; MAX_CPUS] = [const {
-    RelaxState {
-        since: AtomicU64::new(0),
-        last: AtomicU64::new(0),
-        halted: AtomicBool::new(false),
-    }
-}; MAX_CPUS];
+/// Per CPU: inside the halt of [`relax`], so the timer and IPI handlers
+/// only acknowledge (see [`in_relax_halt`]). Written by its own CPU with
+/// interrupts off and read by its own interrupt handler: Relaxed suffices
+/// (one CPU's program order; the `asm!` around the halt is a compiler
+/// barrier).
+static HALTED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 
 /// Whether an interrupt from kernel mode came from [`relax`]'s halt. The
 /// handler then acknowledges the interrupt and does nothing else: the
@@ -76,7 +67,7 @@ static RELAX: [RelaxState; MAX_CPUS] = [const {
 /// requests on every iteration); the timer's tick deadline stays pending
 /// and `relax` re-arms the timer for it (`timer::rearm_tick`).
 pub fn in_relax_halt() -> bool {
-    RELAX[smp::this_cpu()].halted.load(Ordering::Relaxed)
+    HALTED[smp::this_cpu()].load(Ordering::Relaxed)
 }
 
 /// Called by the kernel's relax hook on every iteration of every spin loop
@@ -89,28 +80,28 @@ pub fn relax() {
         return;
     }
     let per_us = timer::cycles_per_second() / 1_000_000;
-    let s = &RELAX[smp::this_cpu()];
-    let now = timer::cycles();
-    if now.wrapping_sub(s.last.load(Ordering::Relaxed)) > SAME_WAIT_GAP_US * per_us {
-        s.since.store(now, Ordering::Relaxed);
-    }
-    s.last.store(now, Ordering::Relaxed);
-    if now.wrapping_sub(s.since.load(Ordering::Relaxed)) < SPIN_BEFORE_HALT_US * per_us {
+    let policy = YieldPolicy {
+        spin_before_yield: SPIN_BEFORE_HALT_US * per_us,
+        same_wait_gap: SAME_WAIT_GAP_US * per_us,
+    };
+    let cpu = smp::this_cpu();
+    let wait = &WAITS[cpu];
+    if !wait.poll(timer::cycles(), &policy) {
         return;
     }
     timer::arm_wakeup(HALT_US * per_us);
-    s.halted.store(true, Ordering::Relaxed);
+    HALTED[cpu].store(true, Ordering::Relaxed);
     // SAFETY: interrupts are enabled for the `hlt` only (`sti` takes effect
     // after the next instruction, so an interrupt pending already ends the
     // `hlt` rather than being taken before it), and every timer or IPI
-    // interrupt taken while `halted` is set is only acknowledged
+    // interrupt taken while `HALTED` is set is only acknowledged
     // (`in_relax_halt`, checked in `trap::trap_dispatch`): no kernel code
     // runs on top of the spinning code, which keeps the kernel's interrupt
     // rule for everything but that acknowledgement. The timer was just
     // armed, so the `hlt` ends within HALT_US.
     unsafe { core::arch::asm!("sti", "hlt", "cli", options(nostack)) };
-    s.halted.store(false, Ordering::Relaxed);
+    HALTED[cpu].store(false, Ordering::Relaxed);
     timer::rearm_tick();
     // The halt is part of the wait, not a gap between two waits.
-    s.last.store(timer::cycles(), Ordering::Relaxed);
+    wait.yielded(timer::cycles());
 }
