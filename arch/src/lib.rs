@@ -43,7 +43,11 @@
 //!
 //! **The interrupt rule.** The kernel runs with interrupts disabled, always,
 //! except in user mode and in [`irq::wait_for_interrupt`] (the idle loop).
-//! Consequently `mm`'s spin locks never need to be interrupt-safe, kernel
+//! A port's [`irq::relax`] may also enable them around a halt inside a
+//! kernel spin loop, provided its handlers then only acknowledge the
+//! interrupt and run no kernel entry point (x86_64 under a hypervisor and
+//! MIPS on Malta do; x86_64 keeps the tick's deadline pending across the
+//! halt, Malta drops a tick that falls inside one). Consequently `mm`'s spin locks never need to be interrupt-safe, kernel
 //! code is never preempted, and preemption happens only on a timer tick that
 //! interrupted user mode (or idle). Every entry from user mode (syscall,
 //! exception, interrupt) must leave interrupts disabled for the kernel, and
@@ -55,7 +59,7 @@
 //! | `smp::cpu_count() -> usize` | CPUs the platform has and the port can start (at most 64), the boot CPU included |
 //! | `smp::start_secondaries() -> usize` | start every other CPU; each runs its arch setup (traps, per-CPU data, MMU, timer calibration values from the boot CPU, but **not** its tick) and calls `samara_secondary_main(cpu)`; returns how many started. Called once by the boot CPU, after the kernel's global allocator works (the port may `Box` per-CPU data) |
 //! | `irq::wait_for_interrupt()` | enable interrupts, halt until one arrives, disable them again; enabling and halting must be atomic with respect to delivery (x86 `sti; hlt`), so a wake-up sent after the caller's last check is never lost |
-//! | `irq::relax()` | what a CPU spinning in the kernel does between two polls of its requests (the kernel's relax hook calls it): nothing on x86_64; on QEMU's Malta, whose MIPS vCPUs run round-robin on one host thread, give the host to the other vCPUs until the next tick (the CPU spun on cannot move meanwhile anyway) |
+//! | `irq::relax()` | what a CPU spinning in the kernel does between two polls of its requests (the kernel's relax hook calls it): on x86_64 under a hypervisor (CPUID), once a wait has lasted 20 us, halt for at most 50 us (LAPIC one-shot, or the waited-for CPU's IPI) so that a descheduled lock holder's vCPU gets the host core — nothing on bare metal; on QEMU's Malta, whose MIPS vCPUs run round-robin on one host thread, give the host to the other vCPUs until the next tick (the CPU spun on cannot move meanwhile anyway) |
 //! | `timer::start_tick(hz: u32)` | start this CPU's periodic tick at `hz`; each tick calls `samara_tick` |
 //! | `timer::now_ns() -> u64` | nanoseconds since boot, monotonic, comparable across CPUs |
 //! | `timer::cycles() -> u64` | the raw cycle counter (TSC, CP0 Count), for measurements |

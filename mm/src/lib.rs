@@ -18,5 +18,6 @@ pub mod phys;
 pub mod rcu;
 pub mod shootdown;
 pub mod slab;
+pub mod spinwait;
 pub mod sync;
 pub mod vma;

@@ -30,7 +30,6 @@ const APIC_BASE_X2APIC: u64 = 1 << 10;
 const APIC_BASE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 const SVR_ENABLE: u32 = 1 << 8;
 const LVT_MASKED: u32 = 1 << 16;
-const LVT_TIMER_PERIODIC: u32 = 1 << 17;
 /// Divide configuration 0b0011: divide the timer clock by 16.
 pub const TIMER_DIVIDE_16: u32 = 0x3;
 const ICR_DELIVERY_PENDING: u32 = 1 << 12;
@@ -195,12 +194,12 @@ pub fn timer_current() -> u32 {
     read(REG_TIMER_CURRENT)
 }
 
-/// Starts the periodic timer: an interrupt every `count` (divided) ticks.
-pub fn timer_start_periodic(count: u32) {
+/// Starts the timer counting down from `count` (divide by 16), one shot,
+/// interrupting at zero: the tick and the relax wake-up (`timer`). Writing
+/// the initial count restarts the countdown, so this replaces any shot in
+/// flight; an interrupt the previous shot already raised stays pending.
+pub fn timer_start_oneshot(count: u32) {
     write(REG_TIMER_DIVIDE, TIMER_DIVIDE_16);
-    write(
-        REG_LVT_TIMER,
-        LVT_TIMER_PERIODIC | u32::from(super::trap::TIMER_VECTOR),
-    );
+    write(REG_LVT_TIMER, u32::from(super::trap::TIMER_VECTOR));
     write(REG_TIMER_INIT, count);
 }

@@ -2,6 +2,7 @@
 
 use core::arch::x86_64::__cpuid;
 use core::fmt;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 /// What CPUID says about the boot CPU: vendor, family/model/stepping and
 /// the brand string when the CPU has one.
@@ -85,6 +86,19 @@ pub fn has_1g_pages() -> bool {
     __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).edx & (1 << 26) != 0
 }
 
+/// CPUID leaf 1 ECX bit 31: reserved on hardware, set by hypervisors and
+/// emulators (KVM, QEMU TCG, Xen, Hyper-V, VMware) for their guests.
+const CPUID1_ECX_HYPERVISOR: u32 = 1 << 31;
+
+/// Whether CPUID says we run under a hypervisor (set by `init_features`).
+static HYPERVISOR: AtomicBool = AtomicBool::new(false);
+
+/// Whether this kernel runs as a guest: its CPUs are host threads that the
+/// host may deschedule at any instruction (`irq::relax` acts on it).
+pub fn under_hypervisor() -> bool {
+    HYPERVISOR.load(Ordering::Relaxed)
+}
+
 /// CR0 / CR4 bits.
 const CR0_EM: u64 = 1 << 2;
 const CR0_TS: u64 = 1 << 3;
@@ -107,6 +121,11 @@ const CR4_SMAP: u64 = 1 << 21;
 ///   same unit as the kernel's per-fault cycle counts. Cleared explicitly
 ///   rather than trusting the boot loader's CR4.
 pub fn init_features() {
+    // Every CPU of a VM reports the same bit; storing it again is harmless.
+    HYPERVISOR.store(
+        __cpuid(1).ecx & CPUID1_ECX_HYPERVISOR != 0,
+        Ordering::Relaxed,
+    );
     let l7 = if __cpuid(0).eax >= 7 {
         core::arch::x86_64::__cpuid_count(7, 0).ebx
     } else {

@@ -15,6 +15,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::instructions::port::Port;
 
 use super::apic;
+use super::smp::{self, MAX_CPUS};
 
 /// The PIT's input clock (Hz).
 const PIT_HZ: u64 = 1_193_182;
@@ -120,9 +121,88 @@ pub fn lapic_hz() -> u64 {
     LAPIC_HZ.load(Ordering::Relaxed)
 }
 
+/// TSC cycles between two ticks (set by the first `start_tick`).
+static TICK_PERIOD: AtomicU64 = AtomicU64::new(0);
+
+/// Per CPU: the TSC value at which its next tick is due; 0 until the CPU
+/// starts its tick. Only its own CPU touches its slot, with interrupts off
+/// (or from its own interrupt handler), hence Relaxed throughout.
+static NEXT_TICK: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Ticks whose interrupt arrives this close before the deadline count as
+/// due: the LAPIC count is the TSC interval converted at the calibrated
+/// ratio, which can round a few cycles short.
+const EARLY_SLACK_SHIFT: u32 = 6;
+
 /// Starts this CPU's periodic tick at `hz` (see the arch contract).
+///
+/// The tick is a chain of one-shot LAPIC interrupts at TSC deadlines kept
+/// in [`NEXT_TICK`], not the LAPIC's periodic mode: a spinning CPU borrows
+/// the same timer for a short wake-up (`irq::relax`) and afterwards
+/// re-arms it for the pending deadline, which periodic mode cannot express
+/// (rewriting its count restarts the period, so frequent relaxing would
+/// postpone the tick indefinitely). No tick is lost to a relax: only
+/// [`tick_due`] advances the deadline.
 pub fn start_tick(hz: u32) {
-    let count =
-        (LAPIC_HZ.load(Ordering::Relaxed) / u64::from(hz.max(1))).clamp(1, u64::from(u32::MAX));
-    apic::timer_start_periodic(count as u32);
+    let period = (TSC_HZ.load(Ordering::Relaxed) / u64::from(hz.max(1))).max(1);
+    TICK_PERIOD.store(period, Ordering::Relaxed);
+    let next = cycles() + period;
+    NEXT_TICK[smp::this_cpu()].store(next, Ordering::Relaxed);
+    arm_at(next);
+}
+
+/// Programs this CPU's LAPIC timer to interrupt at TSC value `deadline`
+/// (at once if it has passed).
+fn arm_at(deadline: u64) {
+    let tsc = u128::from(deadline.saturating_sub(cycles()));
+    let count = tsc * u128::from(LAPIC_HZ.load(Ordering::Relaxed))
+        / u128::from(TSC_HZ.load(Ordering::Relaxed).max(1));
+    apic::timer_start_oneshot(count.clamp(1, u128::from(u32::MAX)) as u32);
+}
+
+/// Whether this CPU's tick runs (`start_tick` was called on it).
+pub(super) fn tick_started() -> bool {
+    NEXT_TICK[smp::this_cpu()].load(Ordering::Relaxed) != 0
+}
+
+/// Called for every timer interrupt outside a relax halt: whether it is
+/// this CPU's tick. If so, the next deadline is one period on (or one
+/// period from now if the CPU ran with interrupts off past a whole period:
+/// missed ticks are not replayed); if not (the interrupt of a relax
+/// wake-up shot that fired after the relax ended, or one converted a little
+/// short), the timer is re-armed for the pending deadline. Either way the
+/// timer is armed again on return.
+pub(super) fn tick_due() -> bool {
+    let slot = &NEXT_TICK[smp::this_cpu()];
+    let due = slot.load(Ordering::Relaxed);
+    let period = TICK_PERIOD.load(Ordering::Relaxed);
+    let now = cycles();
+    if now + (period >> EARLY_SLACK_SHIFT) < due {
+        arm_at(due);
+        return false;
+    }
+    let mut next = due + period;
+    if next <= now {
+        next = now + period;
+    }
+    slot.store(next, Ordering::Relaxed);
+    arm_at(next);
+    true
+}
+
+/// Arms this CPU's timer to interrupt within `cycles` TSC cycles, or at
+/// the next tick's deadline if that comes first: the wake-up of a relax
+/// halt. [`rearm_tick`] undoes it.
+pub(super) fn arm_wakeup(within: u64) {
+    let due = NEXT_TICK[smp::this_cpu()].load(Ordering::Relaxed);
+    arm_at(due.min(cycles() + within));
+}
+
+/// Re-arms this CPU's timer for its pending tick after a relax halt. If the
+/// deadline has passed (the halt's interrupt was the tick, absorbed by the
+/// relax handler), the timer fires at once and the tick is taken at the
+/// next point where interrupts are enabled, as any tick raised in the
+/// kernel is.
+pub(super) fn rearm_tick() {
+    arm_at(NEXT_TICK[smp::this_cpu()].load(Ordering::Relaxed));
 }

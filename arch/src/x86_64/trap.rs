@@ -334,11 +334,23 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             };
             crate::hooks::user_trap(frame, &trap);
         }
+        // Interrupts taken in `irq::relax`'s halt interrupted a spin loop
+        // that may hold any kernel lock: acknowledge them and run nothing
+        // (see `irq::in_relax_halt` for why nothing is lost).
+        v if (v == u64::from(TIMER_VECTOR) || v == u64::from(IPI_VECTOR))
+            && !user
+            && super::irq::in_relax_halt() =>
+        {
+            apic::eoi();
+        }
         v if v == u64::from(TIMER_VECTOR) => {
             // EOI first: the handler may switch to another task, which then
             // returns to user mode with this vector still in service.
             apic::eoi();
-            crate::hooks::tick(user);
+            // Also re-arms the one-shot timer (`timer::start_tick`).
+            if super::timer::tick_due() {
+                crate::hooks::tick(user);
+            }
         }
         v if v == u64::from(IPI_VECTOR) => {
             apic::eoi();

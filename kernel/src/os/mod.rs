@@ -15,7 +15,9 @@
 //! # The interrupt rule
 //!
 //! Kernel code runs with interrupts disabled; they are enabled only in user
-//! mode and in the idle loop's halt. So `mm`'s spin locks need not be
+//! mode and in the idle loop's halt (and inside `arch::irq::relax`'s halt in
+//! a spin loop, where the arch handler only acknowledges them and calls no
+//! kernel entry point). So `mm`'s spin locks need not be
 //! interrupt-safe, nothing in the kernel is preempted, and preemption
 //! happens only on a tick that interrupted user mode. RCU quiescent states
 //! are reported on every tick from user mode, on every context switch, in

@@ -315,7 +315,9 @@ pub fn with_rcu<R>(f: impl FnOnce(&mut RcuCpu<'static>) -> R) -> R {
     // SAFETY: only this CPU touches its handle, with interrupts off, and no
     // caller holds a borrow across a call that could reach here again (the
     // interrupt handlers run only in user mode or in `wait_for_interrupt`,
-    // outside any `with_rcu`).
+    // outside any `with_rcu`; in a spin loop's relax halt, which may be
+    // inside one, the arch handler only acknowledges and calls no kernel
+    // code).
     let slot = unsafe { &mut *this().rcu.get() };
     f(slot
         .as_mut()

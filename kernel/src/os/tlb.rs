@@ -9,7 +9,9 @@
 //! others, sends them the kernel IPI, and waits for their answers.
 //!
 //! Interrupts are off in the kernel, so the IPI reaches a CPU only in user
-//! mode or idle; every other CPU answers from a spin loop: `mm`'s (the
+//! mode or idle (or ends the relax halt of a spinning CPU, whose handler
+//! only acknowledges it: see `arch::irq::relax`); every other CPU answers
+//! from a spin loop: `mm`'s (the
 //! relax hook installed at boot: every kernel lock is an `mm` spin lock)
 //! and the initiator's own wait (two CPUs may shoot at each other). A CPU
 //! inside the kernel that does not spin reaches user
@@ -66,7 +68,10 @@ pub fn service() {
 
 /// The relax hook `mm` calls in every spin loop: answer requests, then let
 /// the arch relax (`arch::irq::relax`: on QEMU's Malta, yield the
-/// round-robin emulator to the vCPU being waited for).
+/// round-robin emulator to the vCPU being waited for; on x86_64 under a
+/// hypervisor, after 20 us of spinning, halt briefly so a descheduled vCPU
+/// being waited for gets the host core). A request posted during the halt
+/// (its IPI ends the halt) is answered by the next iteration's hook.
 pub fn spin_hook() {
     service();
     arch::irq::relax();
