@@ -32,7 +32,9 @@ fn current() -> Option<usize> {
 const PAGE: u64 = 4096;
 const PAGES: u64 = 512;
 
-fn run(per_vma: bool) -> (LineCounts, u64) {
+/// One measurement: the counts, the faults, and the writes to the hottest
+/// line that both CPUs wrote.
+fn run(per_vma: bool) -> (LineCounts, u64, u64) {
     set_cpu_hook(current);
     let frames = HostFrames::new(64 << 20, 3);
     let rcu = Rcu::new();
@@ -79,6 +81,7 @@ fn run(per_vma: bool) -> (LineCounts, u64) {
     let mut shared = Vec::new();
     for_each_shared(|line, mask, writes| shared.push((writes, line, mask)));
     shared.sort_unstable_by(|a, b| b.cmp(a));
+    let hottest = shared.first().map_or(0, |&(writes, _, _)| writes);
     for (writes, line, mask) in shared.iter().take(8) {
         println!("  shared line {line:#x}: CPUs {mask:#b}, {writes} writes");
     }
@@ -91,12 +94,12 @@ fn run(per_vma: bool) -> (LineCounts, u64) {
     mm.exit(0);
     rcu0.barrier();
     ctx.destroy(&mut rcu0);
-    (counts, faults)
+    (counts, faults, hottest)
 }
 
 #[test]
 fn disjoint_faults_write_no_shared_line_with_per_vma_locks() {
-    let (mmap, n_mmap) = run(false);
+    let (mmap, n_mmap, mmap_hottest) = run(false);
     let per_f = |c: u64, n: u64| c as f64 / n as f64;
     println!(
         "mmap lock:    {n_mmap} faults: {:.2} RMW, {:.2} stores, {:.3} writes to shared lines per fault ({} lines)",
@@ -108,21 +111,26 @@ fn disjoint_faults_write_no_shared_line_with_per_vma_locks() {
     if !cfg!(feature = "per-vma-lock") {
         return;
     }
-    // The count can only over-state what the code path shares (a hash
-    // collision, or a line both CPUs touched because of how they happened
-    // to interleave, e.g. page-table pages installed by whichever CPU came
-    // first); a heavily loaded host has been seen to inflate it. The
-    // property is about the code path, so the best of three runs counts.
-    let (vma, n_vma) = (0..3)
-        .map(|_| run(true))
-        .inspect(|(c, n)| {
-            println!(
-                "per-VMA lock run: {:.3} writes to shared lines per fault",
-                per_f(c.shared_writes, *n)
-            )
-        })
-        .min_by_key(|(c, _)| c.shared_writes)
-        .unwrap();
+    // The total depends on how the two CPUs' frame-cache refills happen to
+    // interleave: page metadata lines (32-byte entries, four frames per
+    // 128-byte line) are shared wherever the CPUs' batches meet, which
+    // has been seen to range from 0.3 to 5.6 writes per fault between
+    // machines and loads. Those lines take a few dozen writes each; what
+    // does not scale is a line written on every fault by both CPUs (the
+    // mmap lock word). So the assertions are about the hottest shared
+    // line, on every run; the best run's total is what gets reported.
+    let runs: Vec<_> = (0..3).map(|_| run(true)).collect();
+    for (c, n, hottest) in &runs {
+        println!(
+            "per-VMA lock run: {:.3} writes to shared lines per fault, hottest line {hottest} writes",
+            per_f(c.shared_writes, *n)
+        );
+        assert!(
+            *hottest < *n / 4,
+            "per-VMA-lock faults in disjoint VMAs share a line written on {hottest} of {n} faults"
+        );
+    }
+    let &(vma, n_vma, _) = runs.iter().min_by_key(|(c, _, _)| c.shared_writes).unwrap();
     println!(
         "per-VMA lock: {n_vma} faults: {:.2} RMW, {:.2} stores, {:.3} writes to shared lines per fault ({} lines)",
         per_f(vma.rmw, n_vma),
@@ -131,16 +139,14 @@ fn disjoint_faults_write_no_shared_line_with_per_vma_locks() {
         vma.shared_lines
     );
     assert_eq!(n_vma, n_mmap);
-    // What is left with per-VMA locks is the frame allocator: its zone lock
-    // on a per-CPU refill (one fault in 16) and page metadata lines (32-byte
-    // entries, four frames per 128-byte line) at the edges of the two CPUs'
-    // refill batches. The mmap lock adds its lock word on top.
+    // With the mmap lock every fault writes the lock word twice (read lock
+    // and unlock), and both CPUs write it.
+    assert!(
+        mmap_hottest >= 2 * n_mmap,
+        "the mmap lock word took {mmap_hottest} writes for {n_mmap} faults"
+    );
     assert!(
         per_f(mmap.shared_writes, n_mmap) >= 2.0,
         "every mmap-locked fault writes the lock word twice, and both CPUs write it"
-    );
-    assert!(
-        per_f(vma.shared_writes, n_vma) < 0.5,
-        "per-VMA-lock faults in disjoint VMAs write shared lines beyond the allocator's refills"
     );
 }
