@@ -279,16 +279,13 @@ pub mod hooks {
 
 /// Hands the boot CPU to the kernel. Called once by the entry code.
 pub fn enter_kernel(info: &'static boot::BootInfo) -> ! {
-    // SAFETY: the kernel binary defines `samara_main` with exactly this
-    // signature (a mismatch is a link error, not UB: the symbol is mangled-
-    // free but the kernel declares it with the same Rust types from `boot`).
+    // SAFETY: the kernel binary defines `samara_main` with exactly this signature (a mismatch is a link error, not UB: the symbol is mangled- free but the kernel declares it with the same Rust types from `boot`).
     unsafe { samara_main(info) }
 }
 
 /// Hands a decoded memory fault to the kernel, which never returns (yet).
 pub fn report_fault(report: &FaultReport) -> ! {
-    // SAFETY: as for `samara_main`: defined by the kernel binary with this
-    // exact signature.
+    // SAFETY: as for `samara_main`: defined by the kernel binary with this exact signature.
     unsafe { samara_kernel_fault(report) }
 }
 

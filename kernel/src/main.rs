@@ -190,10 +190,7 @@ fn check_physmap(info: &BootInfo) -> usize {
         for pa in [r.start, r.end - 8] {
             let p = arch::paging::phys_to_virt(pa) as *mut u64;
             let pattern = 0x5a5a_0000_0000_0000 | pa;
-            // SAFETY: `pa` is 8-byte aligned (usable regions are page
-            // aligned) and lies in usable RAM that nothing owns yet (no
-            // allocator exists before this scenario), and the arch layer
-            // maps all RAM at phys_to_virt. The old value is restored.
+            // SAFETY: `pa` is 8-byte aligned (usable regions are page aligned) and lies in usable RAM that nothing owns yet (no allocator exists before this scenario), and the arch layer maps all RAM at phys_to_virt. The old value is restored.
             let ok = unsafe {
                 let old = p.read_volatile();
                 p.write_volatile(pattern);
@@ -222,11 +219,7 @@ fn pagefault_scenario() -> ! {
     let addr = arch::paging::UNMAPPED_KERNEL_ADDR;
     EXPECTED_FAULT.store(addr, Ordering::Relaxed);
     println!("test pagefault: reading unmapped kernel address {addr:#x}");
-    // SAFETY: none: this read is meant to fault. The address is in a kernel
-    // range the arch layer guarantees is unmapped, so the CPU raises a page
-    // fault (TLB miss on MIPS) before any value is produced, and the fault
-    // hook below ends the run; the load never completes. Volatile keeps the
-    // compiler from dropping or reordering it.
+    // SAFETY: none: this read is meant to fault. The address is in a kernel range the arch layer guarantees is unmapped, so the CPU raises a page fault (TLB miss on MIPS) before any value is produced, and the fault hook below ends the run; the load never completes. Volatile keeps the compiler from dropping or reordering it.
     let value = unsafe { core::ptr::read_volatile(addr as *const u64) };
     finish(
         ExitStatus::Failure,

@@ -303,9 +303,7 @@ fn setup_frames(info: &BootInfo) -> &'static FrameAllocator {
             n += 1;
         }
         let end = regions[..n].iter().map(|r| r.1).max().unwrap_or(0);
-        // SAFETY: XKPHYS maps every physical address at a fixed offset
-        // (`arch::paging::phys_to_virt`), cached; `phys_to_virt(0)` is
-        // page-aligned.
+        // SAFETY: XKPHYS maps every physical address at a fixed offset (`arch::paging::phys_to_virt`), cached; `phys_to_virt(0)` is page-aligned.
         let dmap = unsafe {
             DirectMap::new(
                 arch::paging::phys_to_virt(0),
@@ -313,9 +311,7 @@ fn setup_frames(info: &BootInfo) -> &'static FrameAllocator {
                 PhysAddr::new(end),
             )
         };
-        // SAFETY: the usable regions are RAM nothing else uses (the boot
-        // map reserves the kernel, boot data and firmware), reachable
-        // through `dmap`, and are handed to the allocator for good.
+        // SAFETY: the usable regions are RAM nothing else uses (the boot map reserves the kernel, boot data and firmware), reachable through `dmap`, and are handed to the allocator for good.
         match unsafe {
             FrameAllocator::new(
                 dmap,
@@ -415,8 +411,7 @@ impl Space {
         let id = self.mm_id();
         let flush = Flusher { mm: self.id, cpu };
         let mut release = |f: Frame| {
-            // SAFETY: as in `unmap`. Shared frames (the code page) carry one
-            // reference per mapping.
+            // SAFETY: as in `unmap`. Shared frames (the code page) carry one reference per mapping.
             unsafe { frames().put(cpu, f, 0) };
         };
         let mut g = TlbGather::new(id, cpu, &flush, frames(), &mut release);
@@ -481,8 +476,7 @@ fn service() {
 /// the MMU.
 fn load(space: &Space) {
     shootdown().set_loaded(mmu::this_cpu(), space.id);
-    // SAFETY: the root stays valid while loaded (the scenario unloads it
-    // before destroying it); interrupts are off; `set_loaded` came first.
+    // SAFETY: the root stays valid while loaded (the scenario unloads it before destroying it); interrupts are off; `set_loaded` came first.
     unsafe {
         mmu::activate(
             space.pt.root_phys().as_u64(),
@@ -524,8 +518,7 @@ fn map_code(s: &Space, code: Frame) {
 
 extern "C" fn task_entry(_arg: u64) -> ! {
     let r = runner();
-    // SAFETY: our runner (this CPU); `kstack_top` is the stack this task was
-    // started on by `run_user`, whose reserved top is unused.
+    // SAFETY: our runner (this CPU); `kstack_top` is the stack this task was started on by `run_user`, whose reserved top is unused.
     unsafe {
         let top = (*r).kstack_top;
         let start = (*r).start;
@@ -536,9 +529,7 @@ extern "C" fn task_entry(_arg: u64) -> ! {
 /// Ends the running task with `code` and switches back to the scenario.
 fn task_exit(code: u64) -> ! {
     let r = runner();
-    // SAFETY: our runner; `home` was saved by the switch in `run_user` /
-    // `resume`, and this task is never resumed (its context goes to
-    // `dead`).
+    // SAFETY: our runner; `home` was saved by the switch in `run_user` / `resume`, and this task is never resumed (its context goes to `dead`).
     unsafe {
         (*r).exit = code;
         context::switch(&raw mut (*r).dead, &raw const (*r).home);
@@ -552,8 +543,7 @@ fn task_exit(code: u64) -> ! {
 fn switch_to_task(space: &Space) -> u64 {
     let r = runner();
     load(space);
-    // SAFETY: the runner is ours; the task context is valid (new or
-    // preempted); interrupts are off.
+    // SAFETY: the runner is ours; the task context is valid (new or preempted); interrupts are off.
     let code = unsafe {
         (*r).space = space;
         (*r).exit = PREEMPTED;
@@ -641,8 +631,7 @@ fn on_syscall(f: &mut TrapFrame) {
 
 fn on_page_fault(_f: &mut TrapFrame, rep: &FaultReport) -> bool {
     let r = runner();
-    // SAFETY: our runner; `space` is the loaded address space (set by
-    // `switch_to_task`) or null.
+    // SAFETY: our runner; `space` is the loaded address space (set by `switch_to_task`) or null.
     let (space, demand, upgrade) = unsafe { ((*r).space, (*r).demand_va, (*r).upgrade_va) };
     let page = rep.address & !(PAGE_SIZE as u64 - 1);
     if !space.is_null() {
@@ -711,8 +700,7 @@ fn on_tick(_f: &mut TrapFrame, from: TickFrom) {
         return;
     }
     let r = runner();
-    // SAFETY: our runner; `home` holds the scenario's context while a task
-    // runs; the task's context is saved in `task` and resumed by `resume`.
+    // SAFETY: our runner; `home` holds the scenario's context while a task runs; the task's context is saved in `task` and resumed by `resume`.
     unsafe {
         if (*r).preempt_after_ticks > 0 {
             (*r).preempt_after_ticks -= 1;
@@ -1112,8 +1100,7 @@ fn idle_until(step: &AtomicU64, at_least: u64) {
 
 fn counter() -> u64 {
     let c = COUNTER.load(Ordering::Relaxed);
-    // SAFETY: `c` is the direct-map address of the Q page, live until the
-    // address space is destroyed at the end of the scenario.
+    // SAFETY: `c` is the direct-map address of the Q page, live until the address space is destroyed at the end of the scenario.
     unsafe { core::ptr::read_volatile(c) }
 }
 
@@ -1128,8 +1115,7 @@ extern "C" fn secondary_main(_arg: u64, cpu: u64) -> ! {
             cpu::idle_wait();
         }
     }
-    // SAFETY: published by CPU 0 before it released us, alive until our
-    // last STEP1 store (see `SHARED_SPACE`).
+    // SAFETY: published by CPU 0 before it released us, alive until our last STEP1 store (see `SHARED_SPACE`).
     let m = unsafe { &*SHARED_SPACE.load(Ordering::Relaxed) };
     let counter_ptr = COUNTER.load(Ordering::Relaxed);
     let loop_pc = entry_of(&raw const samara_user_off_loop);
@@ -1196,8 +1182,7 @@ extern "C" fn secondary_main(_arg: u64, cpu: u64) -> ! {
     // on the lock CPU 0 holds while it unmaps P3.
     idle_until(&STEP0, 4);
     load(m);
-    // SAFETY: P3 is mapped readable in the loaded address space; a kernel
-    // load from xuseg goes through the refill handler.
+    // SAFETY: P3 is mapped readable in the loaded address space; a kernel load from xuseg goes through the refill handler.
     let v = unsafe { core::ptr::read_volatile(P3 as *const u64) };
     let asid = tlb::current_asid();
     RESULT.lock().p3_valid_before = v == 0x5003 && tlb::probe_valid(asid, P3);
@@ -1259,8 +1244,7 @@ pub fn scenario_shootdown(info: &BootInfo) -> ! {
     // Release store of the entry point, paired with the parked CPU's sync).
     SHARED_SPACE.store((&raw const space).cast_mut(), Ordering::Relaxed);
     let m = &space;
-    // SAFETY: a fresh 16 KiB stack for CPU 1, used only by it from now on;
-    // `secondary_main` never returns.
+    // SAFETY: a fresh 16 KiB stack for CPU 1, used only by it from now on; `secondary_main` never returns.
     if let Err(e) = unsafe { smp::start_secondary(1, secondary_main, block_top(stack, 2), 0) } {
         fail(format_args!("cannot start CPU 1: {e:?}"));
     }

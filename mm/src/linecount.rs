@@ -54,9 +54,9 @@ fn current_cpu() -> Option<CpuId> {
     if p.is_null() {
         return None;
     }
+    type Hook = fn() -> Option<CpuId>;
     // SAFETY: only `set_cpu_hook` stores here, a `fn() -> Option<CpuId>`.
-    let f: fn() -> Option<CpuId> =
-        unsafe { core::mem::transmute::<*mut (), fn() -> Option<CpuId>>(p) };
+    let f = unsafe { core::mem::transmute::<*mut (), Hook>(p) };
     f().filter(|&c| c < MAX_CPUS)
 }
 

@@ -105,8 +105,7 @@ impl DirectMap {
         // inside the mapping by the range check above (debug) and by the
         // caller's validation (release).
         let p = self.virt_base.wrapping_add(off);
-        // SAFETY: `virt_base` is non-null and page-aligned, `off` is less
-        // than the size of the mapping, so `p` does not wrap to null.
+        // SAFETY: `virt_base` is non-null and page-aligned, `off` is less than the size of the mapping, so `p` does not wrap to null.
         unsafe { NonNull::new_unchecked(p) }
     }
 
@@ -192,10 +191,7 @@ mod host {
 
         /// The direct map of this memory.
         pub fn direct_map(&self) -> DirectMap {
-            // SAFETY: the buffer is `layout.size()` bytes, readable and
-            // writable, page-aligned, and lives as long as `self`; users
-            // of the map (allocators) must not outlive `self`, which is the
-            // contract of the allocator constructors.
+            // SAFETY: the buffer is `layout.size()` bytes, readable and writable, page-aligned, and lives as long as `self`; users of the map (allocators) must not outlive `self`, which is the contract of the allocator constructors.
             unsafe {
                 DirectMap::new(
                     self.ptr.as_ptr(),
@@ -222,8 +218,7 @@ mod host {
 
     impl Drop for HostMemory {
         fn drop(&mut self) {
-            // SAFETY: `ptr` came from `alloc_zeroed(layout)` and is freed
-            // once, here.
+            // SAFETY: `ptr` came from `alloc_zeroed(layout)` and is freed once, here.
             unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
         }
     }

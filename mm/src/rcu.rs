@@ -136,8 +136,7 @@ impl CbQueue {
     /// `h` is valid, owned by RCU from now on, and not on any queue.
     unsafe fn push(&mut self, h: NonNull<RcuHead>) {
         let h = h.as_ptr();
-        // SAFETY: `h` is valid and exclusively ours (caller's contract); the
-        // tail, if any, is a queued head protected by the lock we hold.
+        // SAFETY: `h` is valid and exclusively ours (caller's contract); the tail, if any, is a queued head protected by the lock we hold.
         unsafe {
             (*h).next.with_mut(|n| *n = ptr::null_mut());
             if self.tail.is_null() {
@@ -360,8 +359,7 @@ impl Rcu {
             f: F,
         }
         unsafe fn run<F: FnOnce()>(h: NonNull<RcuHead>) {
-            // SAFETY: `h` is the first field of a `#[repr(C)] Boxed<F>`
-            // leaked below, and each head runs once: we own the box again.
+            // SAFETY: `h` is the first field of a `#[repr(C)] Boxed<F>` leaked below, and each head runs once: we own the box again.
             let b = unsafe { Box::from_raw(h.as_ptr().cast::<Boxed<F>>()) };
             (b.f)();
         }
@@ -369,8 +367,7 @@ impl Rcu {
             head: RcuHead::new(),
             f,
         }));
-        // SAFETY: the box is leaked until `run` reclaims it; the head is its
-        // first field (repr(C)) and not queued anywhere else.
+        // SAFETY: the box is leaked until `run` reclaims it; the head is its first field (repr(C)) and not queued anywhere else.
         unsafe { self.call(cpu, NonNull::new_unchecked(b.cast::<RcuHead>()), run::<F>) }
     }
 
@@ -475,8 +472,7 @@ impl Rcu {
         };
         let mut n = 0;
         while let Some(h) = NonNull::new(list) {
-            // SAFETY: the detached list is ours alone; each head is valid
-            // until its callback runs, so read its fields first.
+            // SAFETY: the detached list is ours alone; each head is valid until its callback runs, so read its fields first.
             let (next, func) = unsafe {
                 (
                     h.as_ref().next.with(|n| *n),
@@ -485,8 +481,7 @@ impl Rcu {
             };
             list = next;
             if let Some(func) = func {
-                // SAFETY: `func` was queued with this head by `call`, whose
-                // contract keeps both valid until now; it runs exactly once.
+                // SAFETY: `func` was queued with this head by `call`, whose contract keeps both valid until now; it runs exactly once.
                 unsafe { func(h) };
             }
             n += 1;
@@ -774,8 +769,7 @@ mod tests {
     }
 
     unsafe fn log_tag(h: NonNull<RcuHead>) {
-        // SAFETY: every head queued with this function is the first field of
-        // a `Box<Tagged>` leaked by `queue_tagged`.
+        // SAFETY: every head queued with this function is the first field of a `Box<Tagged>` leaked by `queue_tagged`.
         let t = unsafe { Box::from_raw(h.as_ptr().cast::<Tagged>()) };
         t.log.lock().unwrap().push(t.tag);
     }
@@ -786,8 +780,7 @@ mod tests {
             tag,
             log: log.clone(),
         }));
-        // SAFETY: `head` is at offset 0 of the leaked `Tagged` (checked below),
-        // which `log_tag` frees exactly once.
+        // SAFETY: `head` is at offset 0 of the leaked `Tagged` (checked below), which `log_tag` frees exactly once.
         unsafe {
             assert_eq!(core::mem::offset_of!(Tagged, head), 0);
             rcu.call(cpu, NonNull::new_unchecked(t.cast()), log_tag);
@@ -929,8 +922,7 @@ mod tests {
                 while !stop.load(SeqCst) {
                     {
                         let _g = me.read_lock();
-                        // SAFETY: the object was reachable under the read
-                        // section; RCU keeps it alive until we report.
+                        // SAFETY: the object was reachable under the read section; RCU keeps it alive until we report.
                         let v = unsafe { &*slot.load(SeqCst) }.value.load(SeqCst);
                         assert_ne!(v, POISON, "reader saw a freed object");
                         assert!(v >= last, "values only grow");

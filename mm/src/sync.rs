@@ -73,8 +73,7 @@ pub fn spin_loop() {
     {
         let hook = RELAX_HOOK.load(core::sync::atomic::Ordering::Relaxed);
         if !hook.is_null() {
-            // SAFETY: only `set_relax_hook` stores here, and it stores a
-            // `fn()` pointer.
+            // SAFETY: only `set_relax_hook` stores here, and it stores a `fn()` pointer.
             let f: fn() = unsafe { core::mem::transmute::<*mut (), fn()>(hook) };
             f();
         }
@@ -176,16 +175,14 @@ pub struct SpinLockGuard<'a, T: ?Sized> {
 impl<T: ?Sized> core::ops::Deref for SpinLockGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        // SAFETY: the guard proves this CPU holds the lock, so no one else
-        // accesses `data` until it is dropped.
+        // SAFETY: the guard proves this CPU holds the lock, so no one else accesses `data` until it is dropped.
         self.lock.data.with(|p| unsafe { &*p })
     }
 }
 
 impl<T: ?Sized> core::ops::DerefMut for SpinLockGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: as in `deref`, and `&mut self` makes this the only
-        // reference derived from the guard.
+        // SAFETY: as in `deref`, and `&mut self` makes this the only reference derived from the guard.
         self.lock.data.with_mut(|p| unsafe { &mut *p })
     }
 }

@@ -574,9 +574,7 @@ fn frame_bytes<'f>(ctx: &MmContext<'f, SoftPte>, pte: Pte<SoftPte>) -> &'f [u8] 
         .frames()
         .frame_ptr(frame)
         .expect("mapped frame outside RAM");
-    // SAFETY: a mapped frame is direct-mapped RAM of PAGE bytes; the test is
-    // single-threaded, so nothing writes it while the slice lives (it is
-    // dropped before the next operation).
+    // SAFETY: a mapped frame is direct-mapped RAM of PAGE bytes; the test is single-threaded, so nothing writes it while the slice lives (it is dropped before the next operation).
     unsafe { std::slice::from_raw_parts(p.as_ptr(), PAGE_US) }
 }
 

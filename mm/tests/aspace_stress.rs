@@ -178,10 +178,7 @@ fn user_access(
             if pte.allows(need) {
                 let frames = mm.context().frames();
                 let p = frames.frame_ptr(pte.frame().unwrap()).unwrap();
-                // SAFETY: the entry maps this frame with the access allowed,
-                // and cannot be replaced and the frame freed before the
-                // shootdown that waits for our lock; 8-byte aligned inside
-                // the page. User memory is accessed atomically only.
+                // SAFETY: the entry maps this frame with the access allowed, and cannot be replaced and the frame freed before the shootdown that waits for our lock; 8-byte aligned inside the page. User memory is accessed atomically only.
                 let word = unsafe {
                     AtomicU64::from_ptr(p.as_ptr().add((addr % PAGE) as usize).cast::<u64>())
                 };

@@ -193,8 +193,7 @@ fn concurrent_cpus_keep_exact_accounting() {
                     if mine.len() > 16 {
                         let (f, o) = mine.remove(0);
                         let p = hf.frame_ptr(f).unwrap();
-                        // SAFETY: the block is ours (we allocated it or
-                        // received it); nobody else wrote it.
+                        // SAFETY: the block is ours (we allocated it or received it); nobody else wrote it.
                         let v = unsafe { p.as_ptr().cast::<u64>().read() };
                         assert_eq!(v & !(3 << 60), f.pfn(), "block handed out twice");
                         // SAFETY: as above; freed once.

@@ -107,8 +107,7 @@ impl<'w> Cpu<'w> {
             }
             self.entries.borrow_mut().push(a);
         }
-        // SAFETY: a read of the frame through the translation; loom checks
-        // it against the reuse.
+        // SAFETY: a read of the frame through the translation; loom checks it against the reuse.
         let v = self.w.frame.with(|p| unsafe { *p });
         assert_ne!(v, REUSED, "read the frame after it was reused");
     }

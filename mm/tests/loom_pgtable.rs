@@ -76,8 +76,7 @@ fn setup() -> Setup {
         pcp_high: 0,
     };
     let hf = Arc::new(HostFrames::with_config(32 * PAGE as usize, &[], cfg));
-    // SAFETY: the allocator lives in `hf`, which `Setup` drops after the
-    // page table (see `finish`); the page table never outlives it.
+    // SAFETY: the allocator lives in `hf`, which `Setup` drops after the page table (see `finish`); the page table never outlives it.
     let fa: &'static FrameAllocator = unsafe { &*(&**hf as *const FrameAllocator) };
     let pt = Arc::new(PageTable::new(fa, 0).unwrap());
     Setup { pt: Some(pt), hf }

@@ -33,8 +33,7 @@ fn new_obj(v: u64, freed: &Arc<AtomicBool>) -> *mut Obj {
 /// The callback: writes the data (the "free" loom must see ordered after
 /// every reader) and releases the box.
 unsafe fn free_obj(h: NonNull<RcuHead>) {
-    // SAFETY: `head` is the first field of a leaked, `repr(C)` `Obj`, and
-    // each object is queued once.
+    // SAFETY: `head` is the first field of a leaked, `repr(C)` `Obj`, and each object is queued once.
     let obj = unsafe { Box::from_raw(h.as_ptr().cast::<Obj>()) };
     // SAFETY: the object is ours now; loom checks that no reader overlaps.
     obj.data.with_mut(|d| unsafe { *d = u64::MAX });
@@ -69,8 +68,7 @@ fn model() {
                 {
                     let _g = me.read_lock();
                     let p = slot.load(Acquire);
-                    // SAFETY: found under the read guard, so RCU keeps it
-                    // alive (this is what the model checks).
+                    // SAFETY: found under the read guard, so RCU keeps it alive (this is what the model checks).
                     let v = unsafe { (*p).data.with(|d| *d) };
                     assert_ne!(v, u64::MAX, "reader saw a freed object");
                 }

@@ -77,8 +77,7 @@ impl Machine {
             }
             self.cached.store(true, Relaxed);
         }
-        // SAFETY: the cell is valid; whether this read is ordered against
-        // the reuse is what loom checks.
+        // SAFETY: the cell is valid; whether this read is ordered against the reuse is what loom checks.
         let v = self.frame.with(|d| unsafe { *d });
         assert_ne!(
             v, REUSED,

@@ -106,8 +106,7 @@ fn retire(slab: &Slab<'_, Obj>, p: SlabPtr<Obj>) {
     while st.refcnt.compare_exchange(1, 0, Acquire, Relaxed).is_err() {
         loom::thread::yield_now();
     }
-    // SAFETY: unpublished and detached: nobody can pin it any more; RCU
-    // readers may still look at the stable part, which the cache keeps.
+    // SAFETY: unpublished and detached: nobody can pin it any more; RCU readers may still look at the stable part, which the cache keeps.
     unsafe { slab.free_ptr(0, p) };
 }
 
@@ -127,10 +126,9 @@ fn model(revalidate: bool, reuse: bool) {
         };
         let frames = Box::new(HostFrames::with_config(16 * PAGE_SIZE, &[], cfg));
         let rcu = Box::new(Rcu::new());
-        // SAFETY: the boxes are dropped last, after the reader is joined and
-        // the cache destroyed; until then these references are valid.
-        let (fr, rc): (&'static HostFrames, &'static Rcu) =
-            unsafe { (&*(&*frames as *const HostFrames), &*(&*rcu as *const Rcu)) };
+        let (pf, pr): (*const HostFrames, *const Rcu) = (&*frames, &*rcu);
+        // SAFETY: the boxes are dropped last, after the reader is joined and the cache destroyed; until then these references are valid.
+        let (fr, rc): (&'static HostFrames, &'static Rcu) = unsafe { (&*pf, &*pr) };
         let slab_cfg = SlabConfig {
             name: "loom",
             max_objects_per_page: 1,
@@ -157,8 +155,7 @@ fn model(revalidate: bool, reuse: bool) {
                     if let Some(raw) = NonNull::new(table.load(Acquire)) {
                         // SAFETY: the table holds `Obj`s.
                         let p = unsafe { SlabPtr::<Obj>::from_raw(raw) };
-                        // SAFETY: read from the table inside `g`; the cache
-                        // is type-safe by RCU.
+                        // SAFETY: read from the table inside `g`; the cache is type-safe by RCU.
                         let st = unsafe { p.stable_rcu(&g) };
                         // SAFETY: a read; loom checks it against the release.
                         let v = st.page.with(|v| unsafe { *v });

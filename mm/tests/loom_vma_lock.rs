@@ -61,9 +61,10 @@ impl TVma {
         self.owner.store(mm.raw(), Relaxed);
         self.start.store(start, Relaxed);
         self.end.store(start + PAGE, Relaxed);
-        // SAFETY: detached: no reader holds the lock (loom checks it).
-        self.payload
-            .with_mut(|p| unsafe { *p = (mm.raw(), start, start + PAGE) });
+        self.payload.with_mut(|p| {
+            // SAFETY: detached: no reader holds the lock (loom checks it).
+            unsafe { *p = (mm.raw(), start, start + PAGE) }
+        });
         tree.store(self as *const TVma as *mut TVma, Release);
         self.lock.mark_attached(w);
     }
@@ -213,9 +214,10 @@ fn mmap_unlock_releases_all() {
                 let g = mmap.write();
                 for v in [&v1, &v2] {
                     let _w = v.lock.write_lock(&g);
-                    // SAFETY: write-locked.
-                    v.payload
-                        .with_mut(|p| unsafe { (*p).2 = (*p).1 + 2 * PAGE });
+                    v.payload.with_mut(|p| {
+                        // SAFETY: write-locked.
+                        unsafe { (*p).2 = (*p).1 + 2 * PAGE }
+                    });
                 }
             })
         };

@@ -144,8 +144,7 @@ impl<'a, F: PteFormat> Harness<'a, F> {
                     !accessible || fl.covered(MM, va),
                     "{fr:?} at {va:#x} released before its TLB flush"
                 );
-                // SAFETY: each mapping holds one reference; this one is gone
-                // and flushed.
+                // SAFETY: each mapping holds one reference; this one is gone and flushed.
                 unsafe { hf.put(0, fr, 0) };
                 released.push(fr);
             };

@@ -338,9 +338,7 @@ fn slab_stale_readers_never_see_a_freed_page() {
                             {
                                 std::hint::spin_loop();
                             }
-                            // SAFETY: unpublished and detached: nobody can
-                            // pin it; RCU readers may still look at the
-                            // stable part, which the cache keeps valid.
+                            // SAFETY: unpublished and detached: nobody can pin it; RCU readers may still look at the stable part, which the cache keeps valid.
                             unsafe { slab.free_ptr(cpu, old) };
                         }
                     } else {
@@ -376,8 +374,7 @@ fn slab_stale_readers_never_see_a_freed_page() {
                                 // Revalidate: possibly a reused object; its
                                 // payload must match its own key.
                                 let key = st.key.load(Ordering::Relaxed);
-                                // SAFETY: pinned: it cannot be freed or
-                                // rewritten until we unpin.
+                                // SAFETY: pinned: it cannot be freed or rewritten until we unpin.
                                 let pl = unsafe { p.payload() };
                                 assert_eq!(pl.id, key, "pinned payload does not match key");
                                 assert_eq!(pl.fill, [key; 6]);

@@ -51,8 +51,7 @@ impl Port for FdPort {
             revents: 0,
         };
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: `pfd` is a valid pollfd for the duration of the call and
-        // the count is 1; poll only writes `revents`.
+        // SAFETY: `pfd` is a valid pollfd for the duration of the call and the count is 1; poll only writes `revents`.
         let n = unsafe { libc::poll(&mut pfd, 1, ms) };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -103,8 +102,7 @@ pub fn baud_constant(baud: u32) -> Result<libc::speed_t> {
 /// Puts the terminal on `fd` in raw mode (8N1, no flow control, no echo,
 /// no line editing) at `speed`.
 pub fn set_raw(fd: i32, speed: libc::speed_t) -> io::Result<()> {
-    // SAFETY: termios is plain old data; an all-zero value is valid and is
-    // overwritten by tcgetattr before use.
+    // SAFETY: termios is plain old data; an all-zero value is valid and is overwritten by tcgetattr before use.
     let mut t: libc::termios = unsafe { std::mem::zeroed() };
     // SAFETY: `fd` is an open descriptor and `t` a valid termios to fill.
     if unsafe { libc::tcgetattr(fd, &mut t) } != 0 {

@@ -101,8 +101,7 @@ impl Context {
     /// The stack must be at least a few KiB, valid and used by nothing else
     /// for as long as the task exists.
     pub unsafe fn new(stack_top: u64, entry: extern "C" fn(u64) -> !, arg: u64) -> Self {
-        // SAFETY: the caller's contract; the register block lies below the
-        // reserved user frame.
+        // SAFETY: the caller's contract; the register block lies below the reserved user frame.
         unsafe {
             Self::with_entry(
                 stack_top - USER_FRAME_RESERVE,
@@ -148,11 +147,7 @@ impl Context {
 /// a context saved by `switch` (or made by [`Context::new`]) that is not
 /// running, whose stack is still valid; interrupts must be off.
 pub unsafe fn switch(prev: *mut Context, next: *const Context) {
-    // SAFETY: per the function's contract; the asm follows the C ABI and
-    // preserves every callee-saved register of both contexts. `next.sp` is
-    // read before the asm stores to `prev.sp` (they may be the same object
-    // only if the caller switches to itself, which the read-then-write
-    // order keeps harmless).
+    // SAFETY: per the function's contract; the asm follows the C ABI and preserves every callee-saved register of both contexts. `next.sp` is read before the asm stores to `prev.sp` (they may be the same object only if the caller switches to itself, which the read-then-write order keeps harmless).
     unsafe {
         let next_sp = (*next).sp;
         samara_mips_switch(&raw mut (*prev).sp, next_sp)

@@ -100,8 +100,7 @@ macro_rules! read32 {
         #[inline(always)]
         pub fn $name() -> u64 {
             let v: u64;
-            // SAFETY: reading this CP0 register has no side effects; the
-            // 32-bit value arrives sign-extended, as `mfc0` defines.
+            // SAFETY: reading this CP0 register has no side effects; the 32-bit value arrives sign-extended, as `mfc0` defines.
             unsafe { asm!(".set push", ".set noat", concat!("mfc0 {0}, ", $reg), ".set pop", out(reg) v, options(nomem, nostack, preserves_flags)) };
             v
         }
@@ -203,8 +202,7 @@ pub unsafe fn set_status(v: u64) {
 /// Writes Compare, which also acknowledges a pending timer interrupt.
 #[inline(always)]
 pub fn set_compare(v: u64) {
-    // SAFETY: Compare only decides when IP7 is next raised; the timer
-    // interrupt is masked unless someone enabled IM7 and IE deliberately.
+    // SAFETY: Compare only decides when IP7 is next raised; the timer interrupt is masked unless someone enabled IM7 and IE deliberately.
     unsafe {
         asm!(".set push", ".set noat", "mtc0 {0}, $11", "ehb", ".set pop", in(reg) v, options(nomem, nostack, preserves_flags))
     };
@@ -238,10 +236,7 @@ pub fn set_kscratch_cpu(n: u64) {
 /// Writes HWREna: which hardware registers user mode may read with `rdhwr`.
 #[inline(always)]
 pub fn set_hwrena(v: u64) {
-    // SAFETY: HWREna only decides whether a user `rdhwr` of each register
-    // reads it or raises Reserved Instruction; the registers it can expose
-    // (CPU number, SYNCI step, Count and its resolution, UserLocal) are
-    // read-only to user mode and carry no kernel secrets.
+    // SAFETY: HWREna only decides whether a user `rdhwr` of each register reads it or raises Reserved Instruction; the registers it can expose (CPU number, SYNCI step, Count and its resolution, UserLocal) are read-only to user mode and carry no kernel secrets.
     unsafe {
         asm!(".set push", ".set noat", "mtc0 {0}, $7, 0", "ehb", ".set pop", in(reg) v, options(nomem, nostack, preserves_flags))
     };
@@ -298,9 +293,7 @@ pub mod tlb {
     /// kernel is using; the caller runs with interrupts off.
     #[inline(always)]
     pub unsafe fn write_indexed(index: u64, hi: u64, lo0: u64, lo1: u64, page_mask: u64) {
-        // SAFETY: per the function's contract. `ehb` after the CP0 writes
-        // makes tlbwi see them; the one after tlbwi makes later accesses see
-        // the new entry.
+        // SAFETY: per the function's contract. `ehb` after the CP0 writes makes tlbwi see them; the one after tlbwi makes later accesses see the new entry.
         unsafe {
             asm!(
                 ".set push",
@@ -373,8 +366,7 @@ pub mod tlb {
     #[inline(always)]
     pub unsafe fn probe(hi: u64) -> u64 {
         let idx: u64;
-        // SAFETY: per the function's contract; `ehb` between the EntryHi
-        // write and `tlbp`, and between `tlbp` and the Index read.
+        // SAFETY: per the function's contract; `ehb` between the EntryHi write and `tlbp`, and between `tlbp` and the Index read.
         unsafe {
             asm!(
                 ".set push",

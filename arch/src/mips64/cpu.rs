@@ -131,12 +131,10 @@ pub fn id() -> u32 {
 /// interrupt is pending even though it will not be taken; the loop covers
 /// that wake-up.
 pub fn halt_forever() -> ! {
-    // SAFETY: clearing IE only masks interrupts; nothing on this CPU runs
-    // again, so no code depends on them.
+    // SAFETY: clearing IE only masks interrupts; nothing on this CPU runs again, so no code depends on them.
     unsafe { cp0::set_status(cp0::status() & !cp0::status::IE) };
     loop {
-        // SAFETY: `wait` idles the pipeline until an interrupt is pending; it
-        // has no other architectural effect.
+        // SAFETY: `wait` idles the pipeline until an interrupt is pending; it has no other architectural effect.
         unsafe { asm!("wait", options(nomem, nostack, preserves_flags)) };
     }
 }
@@ -163,9 +161,7 @@ pub fn idle_wait() {
     let cpu = cp0::cpu_num() as usize % MAX_CPUS;
     // Relaxed: read by this CPU's own interrupt handler only.
     IDLE[cpu].store(true, Ordering::Relaxed);
-    // SAFETY: enabling interrupts here is the kernel's rule (idle and user
-    // mode only); the timer handler runs on this stack and returns into
-    // `samara_mips_idle`, which clears IE again before it returns.
+    // SAFETY: enabling interrupts here is the kernel's rule (idle and user mode only); the timer handler runs on this stack and returns into `samara_mips_idle`, which clears IE again before it returns.
     unsafe { samara_mips_idle() };
     IDLE[cpu].store(false, Ordering::Relaxed);
 }
@@ -233,8 +229,7 @@ pub fn relax_wait() {
     let cpu = cp0::cpu_num() as usize % MAX_CPUS;
     // Relaxed: read by this CPU's own interrupt handler only.
     RELAX[cpu].store(true, Ordering::Relaxed);
-    // SAFETY: interrupts on for the `wait` only; the handler does nothing
-    // but acknowledge the timer while RELAX is set (see above).
+    // SAFETY: interrupts on for the `wait` only; the handler does nothing but acknowledge the timer while RELAX is set (see above).
     unsafe { samara_mips_idle() };
     RELAX[cpu].store(false, Ordering::Relaxed);
 }
@@ -261,8 +256,7 @@ pub fn sync_icache(addr: u64, len: u64) {
     if step != 0 {
         let mut a = addr & !(step - 1);
         while a < addr + len {
-            // SAFETY: `synci` only writes back and invalidates cache lines
-            // of an address the kernel may access.
+            // SAFETY: `synci` only writes back and invalidates cache lines of an address the kernel may access.
             unsafe { asm!("synci 0({0})", in(reg) a, options(nostack, preserves_flags)) };
             a += step;
         }

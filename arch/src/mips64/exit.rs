@@ -32,8 +32,7 @@ pub fn exit_qemu(status: ExitStatus) -> ! {
     crate::print_exit_marker(status);
     let code = host_status(status);
     if uhi::present() {
-        // SAFETY: `exit` takes no pointer, and the host is present, so this
-        // terminates QEMU with `code`.
+        // SAFETY: `exit` takes no pointer, and the host is present, so this terminates QEMU with `code`.
         unsafe { uhi::call(uhi::op::EXIT, code, 0) };
     }
     arch_println!("mips64: {}", board::NO_EXIT);

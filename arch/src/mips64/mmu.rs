@@ -120,8 +120,7 @@ pub unsafe fn init_user_root(_root_phys: u64) {}
 /// the switch.
 pub unsafe fn activate(_root_phys: u64, root_entry: u64, mm: u64) {
     let asid = asids().activate(this_cpu(), mm, &HW);
-    // SAFETY: root first, then the ASID: every refill tagged with `asid`
-    // walks `root_entry` (valid while loaded: caller's contract).
+    // SAFETY: root first, then the ASID: every refill tagged with `asid` walks `root_entry` (valid while loaded: caller's contract).
     unsafe {
         cp0::set_kscratch_pgd(root_entry);
         tlb::set_asid(asid);
@@ -197,9 +196,7 @@ pub fn refresh(va: u64) {
     let mut table = cp0::kscratch_pgd();
     for shift in [39u32, 30, 21] {
         let slot = table + ((va >> shift) & 0x1ff) * 8;
-        // SAFETY: `table` is the loaded root (XKPHYS or the CKSEG0 empty
-        // root) or a table entry read from it: an XKPHYS address of a live
-        // 4 KiB table (see above). The read is in bounds (index < 512).
+        // SAFETY: `table` is the loaded root (XKPHYS or the CKSEG0 empty root) or a table entry read from it: an XKPHYS address of a live 4 KiB table (see above). The read is in bounds (index < 512).
         let e = unsafe { core::ptr::read_volatile(slot as *const u64) };
         if e == 0 {
             tlb::update(va, 0, 0);
@@ -208,8 +205,7 @@ pub fn refresh(va: u64) {
         table = e;
     }
     let pair = table + ((va >> 13) & 0xff) * 16;
-    // SAFETY: as above, the leaf table; `pair` and `pair + 8` are the even
-    // and odd entries of `va`'s pair, in bounds.
+    // SAFETY: as above, the leaf table; `pair` and `pair + 8` are the even and odd entries of `va`'s pair, in bounds.
     let (even, odd) = unsafe {
         (
             core::ptr::read_volatile(pair as *const u64),

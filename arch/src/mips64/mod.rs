@@ -77,8 +77,7 @@ pub fn init_cpu() -> Result<tlb::TlbInfo, tlb::TlbError> {
     // whatever its CPUNum (`smp::number_cpus` sets it again).
     cp0::set_kscratch_cpu(smp::logical_of(cp0::cpu_num()).unwrap_or(0) as u64);
     let info = tlb::init()?;
-    // SAFETY: the empty root is a valid, all-zero root table for the whole
-    // run, and EntryHi holds ASID 0 after `tlb::init`.
+    // SAFETY: the empty root is a valid, all-zero root table for the whole run, and EntryHi holds ASID 0 after `tlb::init`.
     unsafe { cp0::set_kscratch_pgd(mmu::empty_root()) };
     cp0::set_hwrena(cp0::hwrena::CC | cp0::hwrena::CCRES);
     Ok(info)

@@ -258,8 +258,7 @@ pub fn start_secondaries() -> usize {
             return cpu;
         }
         let top = stack as u64 + SECONDARY_STACK as u64;
-        // SAFETY: the stack is this CPU's alone, never freed; the entry
-        // never returns.
+        // SAFETY: the stack is this CPU's alone, never freed; the entry never returns.
         let r = unsafe { start_secondary(phys_of(cpu), secondary_entry, top, cpu as u64) };
         let deadline = super::timer::cycles() + count_hz();
         // Acquire pairs with the Release store in `secondary_entry`.

@@ -105,9 +105,9 @@ pub unsafe fn init_user(ctx: &mut Context, stack_top: u64, frame: &UserFrame) {
     let at = stack_top - USER_FRAME_RESERVE;
     // SAFETY: the frame fits below the stack top (the caller's contract).
     unsafe { (at as *mut UserFrame).write(frame.clone()) };
+    let entry = samara_mips_user_task_entry as *const () as u64;
     // SAFETY: the register block goes below the frame.
-    *ctx =
-        unsafe { Context::with_entry(at, samara_mips_user_task_entry as *const () as u64, at, 0) };
+    *ctx = unsafe { Context::with_entry(at, entry, at, 0) };
 }
 
 impl UserFrame {

@@ -62,8 +62,7 @@ fn start_interval(interval: u64) {
     INTERVAL[cpu].store(interval, Ordering::Relaxed);
     arm(interval);
     STARTED[cpu].store(true, Ordering::Relaxed);
-    // SAFETY: only unmasks the timer line; whether interrupts are taken is
-    // still decided by IE, which this does not change.
+    // SAFETY: only unmasks the timer line; whether interrupts are taken is still decided by IE, which this does not change.
     unsafe { cp0::set_status(cp0::status() | status::IM7) };
 }
 

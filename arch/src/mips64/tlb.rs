@@ -156,8 +156,7 @@ pub fn init() -> Result<TlbInfo, TlbError> {
     if rixi {
         pg |= pagegrain::RIE | pagegrain::XIE;
     }
-    // SAFETY: ELPA (and RIE/XIE where implemented) is the EntryLo format of
-    // `Mips64Pte`; no user mapping exists yet on this CPU.
+    // SAFETY: ELPA (and RIE/XIE where implemented) is the EntryLo format of `Mips64Pte`; no user mapping exists yet on this CPU.
     unsafe { cp0::set_pagegrain(pg) };
     if cp0::pagegrain() & pagegrain::ELPA == 0 {
         return Err(TlbError::NoElpa);
@@ -165,8 +164,7 @@ pub fn init() -> Result<TlbInfo, TlbError> {
     // SAFETY: 4 KiB pages for every later TLB write.
     unsafe { cp0::set_pagemask(0) };
 
-    // SAFETY: a probe of the implemented ASID bits. EntryHi is rewritten
-    // with ASID 0 below; no user mapping is in use, interrupts are off.
+    // SAFETY: a probe of the implemented ASID bits. EntryHi is rewritten with ASID 0 below; no user mapping is in use, interrupts are off.
     unsafe { cp0::tlb::set_entryhi(0x3ff) };
     let asid_mask = cp0::entryhi() & 0x3ff;
     if asid_mask == 0 || (asid_mask + 1) & asid_mask != 0 {
@@ -218,10 +216,7 @@ fn reset_entries() -> usize {
     // and writing downwards leaves every real slot holding its own index's
     // placeholder, which the read-back below relies on.
     for i in (0..advertised).rev() {
-        // SAFETY: each placeholder is a distinct VPN2 with V = 0 in both
-        // halves (EntryLo0/1 = 0), in the part of XKSEG nothing maps, with a
-        // 4 KiB page mask; the kernel runs unmapped, so no live translation
-        // is removed. Interrupts are off (caller's contract).
+        // SAFETY: each placeholder is a distinct VPN2 with V = 0 in both halves (EntryLo0/1 = 0), in the part of XKSEG nothing maps, with a 4 KiB page mask; the kernel runs unmapped, so no live translation is removed. Interrupts are off (caller's contract).
         unsafe { cp0::tlb::write_indexed(i as u64, placeholder(i), 0, 0, 0) };
     }
     // The first index whose read-back is not its own placeholder is where
@@ -281,8 +276,7 @@ pub unsafe fn set_asid(asid: u64) {
 /// Interrupts off; EntryHi is clobbered (the caller restores it).
 #[inline]
 unsafe fn invalidate(i: u64) {
-    // SAFETY: placeholder `i` is unique to index `i` (module comment), so it
-    // duplicates no other entry; V = 0.
+    // SAFETY: placeholder `i` is unique to index `i` (module comment), so it duplicates no other entry; V = 0.
     unsafe { cp0::tlb::write_at(i, placeholder(i as usize), 0, 0) };
 }
 
@@ -345,9 +339,7 @@ pub fn flush_asid(asid: u64, start: u64, end: u64) {
 /// and odd page's PTEs, verbatim.
 pub fn update(va: u64, lo0: u64, lo1: u64) {
     let hi = (va & VPN2_MASK & !(3 << 62)) | current_asid();
-    // SAFETY: interrupts off. `hi` keeps the current ASID, so EntryHi is
-    // unchanged in what matters. The probe decides between `tlbwi` on the
-    // matching entry and `tlbwr`, so no duplicate can be created.
+    // SAFETY: interrupts off. `hi` keeps the current ASID, so EntryHi is unchanged in what matters. The probe decides between `tlbwi` on the matching entry and `tlbwr`, so no duplicate can be created.
     unsafe {
         let idx = cp0::tlb::probe(hi);
         if idx & index::P == 0 {

@@ -374,11 +374,9 @@ unsafe extern "C" {
 /// first thing. Idempotent.
 pub fn init() {
     let base = (&raw const samara_mips_vectors) as u64;
-    // SAFETY: `samara_mips_vectors` is the 4 KiB-aligned CKSEG0 vector page
-    // defined above; it is part of the kernel image and never moves.
+    // SAFETY: `samara_mips_vectors` is the 4 KiB-aligned CKSEG0 vector page defined above; it is part of the kernel image and never moves.
     unsafe { cp0::set_ebase(base) };
-    // SAFETY: with EBase valid, clearing BEV sends exceptions to the kernel's
-    // vectors instead of the boot ROM; nothing else in Status changes.
+    // SAFETY: with EBase valid, clearing BEV sends exceptions to the kernel's vectors instead of the boot ROM; nothing else in Status changes.
     unsafe { cp0::set_status(cp0::status() & !status::BEV) };
 }
 
@@ -625,11 +623,7 @@ pub unsafe fn enter_user(kstack_top: u64, start: &UserStart) -> ! {
         (h.return_to_user)(&mut f);
     }
     let frame_addr = kstack_top - USER_FRAME_RESERVE;
-    // SAFETY: the reserved top of this task's kernel stack is unused
-    // (caller's contract), 16-byte aligned and FRAME_SIZE bytes long; the
-    // exception return path restores every register from it and `eret`s to
-    // user mode with USER_STATUS (EXL set until the `eret`). Nothing on the
-    // rest of the stack is needed again.
+    // SAFETY: the reserved top of this task's kernel stack is unused (caller's contract), 16-byte aligned and FRAME_SIZE bytes long; the exception return path restores every register from it and `eret`s to user mode with USER_STATUS (EXL set until the `eret`). Nothing on the rest of the stack is needed again.
     unsafe {
         core::ptr::write(frame_addr as *mut TrapFrame, f);
         asm!(

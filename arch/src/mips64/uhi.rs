@@ -44,9 +44,7 @@ pub fn present() -> bool {
 /// writes the argument and its NUL to the buffer at `a1`).
 pub unsafe fn call(op: u64, a0: u64, a1: u64) -> u64 {
     let v0: u64;
-    // SAFETY: per the function's contract. QEMU's UHI handler reads $25, $4
-    // and $5, may write through the pointer the contract covers, and writes
-    // only $2 and $3.
+    // SAFETY: per the function's contract. QEMU's UHI handler reads $25, $4 and $5, may write through the pointer the contract covers, and writes only $2 and $3.
     unsafe {
         asm!(
             "sdbbp 1",
@@ -68,8 +66,7 @@ pub struct Args;
 
 impl HostArgs for Args {
     fn count(&self) -> Option<usize> {
-        // SAFETY: ARGC takes no pointer; the caller only builds `Args` when
-        // a0 = -1 says the host is present.
+        // SAFETY: ARGC takes no pointer; the caller only builds `Args` when a0 = -1 says the host is present.
         let n = unsafe { call(op::ARGC, 0, 0) } as i64;
         usize::try_from(n).ok()
     }
@@ -81,9 +78,7 @@ impl HostArgs for Args {
         if len >= buf.len() {
             return None;
         }
-        // SAFETY: the host writes `len + 1 <= buf.len()` bytes (the argument
-        // and its NUL) to `buf`, which is valid for writes and exclusively
-        // borrowed for the duration of the call.
+        // SAFETY: the host writes `len + 1 <= buf.len()` bytes (the argument and its NUL) to `buf`, which is valid for writes and exclusively borrowed for the duration of the call.
         let r = unsafe { call(op::ARGN, n as u64, buf.as_mut_ptr() as u64) };
         (r == 0).then_some(len)
     }

@@ -53,13 +53,11 @@ pub fn x2apic() -> bool {
 
 fn read(reg: u32) -> u32 {
     if x2apic() {
-        // SAFETY: x2APIC mode is enabled on this CPU, so the register's MSR
-        // exists.
+        // SAFETY: x2APIC mode is enabled on this CPU, so the register's MSR exists.
         unsafe { msr::read(0x800 + (reg >> 4)) as u32 }
     } else {
         let p = (XAPIC_VIRT.load(Ordering::Relaxed) + u64::from(reg)) as *const u32;
-        // SAFETY: the xAPIC page is mapped uncacheable at XAPIC_VIRT
-        // (init_boot) and `reg` is a register offset inside it.
+        // SAFETY: the xAPIC page is mapped uncacheable at XAPIC_VIRT (init_boot) and `reg` is a register offset inside it.
         unsafe { p.read_volatile() }
     }
 }
@@ -79,8 +77,7 @@ fn write(reg: u32, value: u32) {
 /// and masks every line: Samara uses only the local APIC.
 fn disable_pic() {
     let out = |port: u16, v: u8| {
-        // SAFETY: ports 0x20/0x21/0xa0/0xa1 are the 8259s of every PC;
-        // the ICW sequence below is the standard initialisation.
+        // SAFETY: ports 0x20/0x21/0xa0/0xa1 are the 8259s of every PC; the ICW sequence below is the standard initialisation.
         unsafe { Port::<u8>::new(port).write(v) }
     };
     let base = super::trap::PIC_BASE_VECTOR;
@@ -113,9 +110,7 @@ pub fn init_boot() {
 /// Enables this CPU's LAPIC (in the mode [`init_boot`] chose), accepts
 /// every priority, and masks its timer until `timer::start_tick`.
 pub fn init_cpu() {
-    // SAFETY: IA32_APIC_BASE exists; setting EN (and EXTD when the CPU has
-    // an x2APIC, which init_boot checked) is the architectural enable
-    // sequence, xAPIC to x2APIC being a legal transition.
+    // SAFETY: IA32_APIC_BASE exists; setting EN (and EXTD when the CPU has an x2APIC, which init_boot checked) is the architectural enable sequence, xAPIC to x2APIC being a legal transition.
     unsafe {
         let mut v = msr::read(msr::IA32_APIC_BASE) | APIC_BASE_ENABLE;
         if x2apic() {

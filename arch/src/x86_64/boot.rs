@@ -196,10 +196,7 @@ impl PhysMem for BootPhysmap {
         if end > paging::BOOT_PHYSMAP_END {
             return None;
         }
-        // SAFETY: the boot page tables map PA 0..BOOT_PHYSMAP_END at
-        // PHYSMAP_BASE for the kernel's lifetime (the physmap is never
-        // unmapped), and we checked the range lies inside it. The boot data
-        // read here is not written by anyone while we parse it.
+        // SAFETY: the boot page tables map PA 0..BOOT_PHYSMAP_END at PHYSMAP_BASE for the kernel's lifetime (the physmap is never unmapped), and we checked the range lies inside it. The boot data read here is not written by anyone while we parse it.
         Some(unsafe { core::slice::from_raw_parts(paging::phys_to_virt(pa), len) })
     }
 }
@@ -226,8 +223,7 @@ fn fail(what: &str, err: &dyn core::fmt::Display) -> ! {
 /// calibrated before the APs are started (their start-up delays use it).
 extern "C" fn x86_64_start(start_info_pa: u64) -> ! {
     console::init();
-    // SAFETY: the boot CPU's tables and per-CPU area are statics used by
-    // this CPU alone; interrupts are off.
+    // SAFETY: the boot CPU's tables and per-CPU area are statics used by this CPU alone; interrupts are off.
     unsafe {
         gdt::load(gdt::boot_tables());
         percpu::install(core::ptr::addr_of_mut!(BOOT_PERCPU), 0, gdt::boot_tables());

@@ -30,8 +30,7 @@ const THRE_SPINS: u32 = 100_000;
 
 fn outb(reg: u16, val: u8) {
     let mut port = Port::<u8>::new(COM1 + reg);
-    // SAFETY: COM1 is the 16550 that every PC-compatible QEMU machine
-    // decodes at 0x3f8; writing its registers has no memory side effects.
+    // SAFETY: COM1 is the 16550 that every PC-compatible QEMU machine decodes at 0x3f8; writing its registers has no memory side effects.
     unsafe { port.write(val) }
 }
 

@@ -131,10 +131,7 @@ pub fn init_features() {
     } else {
         0
     };
-    // SAFETY: setting EM and clearing TS only changes which FPU
-    // instructions trap; SMEP/SMAP are set only when CPUID reports them, and
-    // no kernel code accesses user addresses; clearing TSD only lets user
-    // mode read the TSC.
+    // SAFETY: setting EM and clearing TS only changes which FPU instructions trap; SMEP/SMAP are set only when CPUID reports them, and no kernel code accesses user addresses; clearing TSD only lets user mode read the TSC.
     unsafe {
         let mut cr0: u64;
         core::arch::asm!("mov {}, cr0", out(reg) cr0, options(nostack, nomem));

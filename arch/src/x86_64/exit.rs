@@ -19,9 +19,7 @@ pub const FAILURE_CODE: u32 = 0x11;
 /// exit device is present.
 pub fn exit_qemu(status: ExitStatus) -> ! {
     crate::print_exit_marker(status);
-    // SAFETY: writing 0xf4 only has an effect when QEMU was started with
-    // isa-debug-exit there (xtask always adds it); on other machines the port
-    // is unused. `new` asserts the success code's low bit, as QEMU shifts it.
+    // SAFETY: writing 0xf4 only has an effect when QEMU was started with isa-debug-exit there (xtask always adds it); on other machines the port is unused. `new` asserts the success code's low bit, as QEMU shifts it.
     let dev = unsafe { qemu_exit::X86::new(DEBUG_EXIT_PORT, (SUCCESS_CODE << 1) | 1) };
     match status {
         ExitStatus::Success => dev.exit_success(),

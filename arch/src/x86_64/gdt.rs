@@ -145,10 +145,7 @@ pub unsafe fn load(t: *mut CpuTables) {
         limit: (core::mem::size_of_val(&t.gdt) - 1) as u16,
         base: VirtAddr::new(t.gdt.as_ptr() as u64),
     };
-    // SAFETY: the GDT lives forever (caller's contract) and holds valid
-    // descriptors; CS is reloaded with the 64-bit kernel code segment at the
-    // same privilege, so execution continues unchanged; the data segments
-    // are flat; the TSS descriptor describes `t.tss`, available (not busy).
+    // SAFETY: the GDT lives forever (caller's contract) and holds valid descriptors; CS is reloaded with the 64-bit kernel code segment at the same privilege, so execution continues unchanged; the data segments are flat; the TSS descriptor describes `t.tss`, available (not busy).
     unsafe {
         lgdt(&ptr);
         CS::set_reg(SegmentSelector::new(KERNEL_CS >> 3, PrivilegeLevel::Ring0));
@@ -167,7 +164,6 @@ pub unsafe fn load(t: *mut CpuTables) {
 /// # Safety
 /// `t` is this CPU's loaded tables; interrupts are off.
 pub unsafe fn set_rsp0(t: *mut CpuTables, top: u64) {
-    // SAFETY: per the contract nobody else touches this TSS; the field is
-    // packed, so it is written unaligned.
+    // SAFETY: per the contract nobody else touches this TSS; the field is packed, so it is written unaligned.
     unsafe { core::ptr::addr_of_mut!((*t).tss.rsp[0]).write_unaligned(top) };
 }

@@ -13,9 +13,7 @@ use super::timer;
 /// cannot lose an interrupt that becomes pending after the caller's last
 /// check: it is delivered while halted and wakes the CPU.
 pub fn wait_for_interrupt() {
-    // SAFETY: the interrupt handlers are installed on every CPU that runs
-    // the kernel (trap::load); interrupts are off again on return, as the
-    // kernel's interrupt rule requires.
+    // SAFETY: the interrupt handlers are installed on every CPU that runs the kernel (trap::load); interrupts are off again on return, as the kernel's interrupt rule requires.
     unsafe { core::arch::asm!("sti", "hlt", "cli", options(nostack)) };
 }
 
@@ -91,14 +89,7 @@ pub fn relax() {
     }
     timer::arm_wakeup(HALT_US * per_us);
     HALTED[cpu].store(true, Ordering::Relaxed);
-    // SAFETY: interrupts are enabled for the `hlt` only (`sti` takes effect
-    // after the next instruction, so an interrupt pending already ends the
-    // `hlt` rather than being taken before it), and every timer or IPI
-    // interrupt taken while `HALTED` is set is only acknowledged
-    // (`in_relax_halt`, checked in `trap::trap_dispatch`): no kernel code
-    // runs on top of the spinning code, which keeps the kernel's interrupt
-    // rule for everything but that acknowledgement. The timer was just
-    // armed, so the `hlt` ends within HALT_US.
+    // SAFETY: interrupts are enabled for the `hlt` only (`sti` takes effect after the next instruction, so an interrupt pending already ends the `hlt` rather than being taken before it), and every timer or IPI interrupt taken while `HALTED` is set is only acknowledged (`in_relax_halt`, checked in `trap::trap_dispatch`): no kernel code runs on top of the spinning code, which keeps the kernel's interrupt rule for everything but that acknowledgement. The timer was just armed, so the `hlt` ends within HALT_US.
     unsafe { core::arch::asm!("sti", "hlt", "cli", options(nostack)) };
     HALTED[cpu].store(false, Ordering::Relaxed);
     timer::rearm_tick();

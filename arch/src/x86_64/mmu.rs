@@ -92,8 +92,7 @@ fn read_cr3() -> u64 {
 /// # Safety
 /// `v` must name a valid root whose kernel half maps the running kernel.
 unsafe fn write_cr3(v: u64) {
-    // SAFETY: the caller's contract; CR3 writes serialise and are treated
-    // as a compiler barrier (no `nomem`).
+    // SAFETY: the caller's contract; CR3 writes serialise and are treated as a compiler barrier (no `nomem`).
     unsafe { asm!("mov cr3, {}", in(reg) v, options(nostack, preserves_flags)) };
 }
 
@@ -106,8 +105,7 @@ pub fn init_cpu() {
     }
     if PCID.load(Ordering::Relaxed) {
         debug_assert_eq!(read_cr3() & 0xfff, 0);
-        // SAFETY: the CPU has PCIDs and CR3's PCID field is 0, the
-        // precondition for setting CR4.PCIDE (otherwise #GP).
+        // SAFETY: the CPU has PCIDs and CR3's PCID field is 0, the precondition for setting CR4.PCIDE (otherwise #GP).
         unsafe {
             let mut cr4: u64;
             asm!("mov {}, cr4", out(reg) cr4, options(nostack, nomem));
@@ -132,8 +130,7 @@ pub unsafe fn init_user_root(root_phys: u64) {
     let src = paging::phys_to_virt(paging::kernel_root()) as *const u64;
     let dst = paging::phys_to_virt(root_phys) as *mut u64;
     for i in 256..512 {
-        // SAFETY: both are 4 KiB tables in the physmap; the caller owns
-        // `dst`; the kernel root's upper half is never written after boot.
+        // SAFETY: both are 4 KiB tables in the physmap; the caller owns `dst`; the kernel root's upper half is never written after boot.
         unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
     }
 }
@@ -194,8 +191,7 @@ pub fn flush_local(start: u64, end: u64) {
     }
     let mut va = start;
     while va < end {
-        // SAFETY: invlpg only drops cached translations (of the current
-        // PCID, and the paging-structure caches for the address).
+        // SAFETY: invlpg only drops cached translations (of the current PCID, and the paging-structure caches for the address).
         unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) };
         va += 4096;
     }

@@ -21,8 +21,7 @@ pub const EFER_NXE: u64 = 1 << 11;
 #[inline]
 pub unsafe fn read(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
-    // SAFETY: the caller guarantees the MSR exists; rdmsr has no memory
-    // effects.
+    // SAFETY: the caller guarantees the MSR exists; rdmsr has no memory effects.
     unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nostack, nomem)) };
     (u64::from(hi) << 32) | u64::from(lo)
 }

@@ -50,16 +50,14 @@ pub fn phys_to_virt(pa: u64) -> *mut u8 {
 /// is mapped by the physmap, and the caller must be the only one changing it
 /// (boot CPU, before any other CPU runs).
 unsafe fn table(pa: u64) -> &'static mut [u64; ENTRIES] {
-    // SAFETY: per the function's contract the page is mapped, aligned, and
-    // not aliased by any other live reference.
+    // SAFETY: per the function's contract the page is mapped, aligned, and not aliased by any other live reference.
     unsafe { &mut *(phys_to_virt(pa) as *mut [u64; ENTRIES]) }
 }
 
 /// The active PML4.
 fn pml4() -> &'static mut [u64; ENTRIES] {
     let (frame, _) = Cr3::read();
-    // SAFETY: CR3 holds the boot PML4 (in .boot.bss, below 4 GiB, so in the
-    // boot physmap); only the boot CPU runs while this module edits it.
+    // SAFETY: CR3 holds the boot PML4 (in .boot.bss, below 4 GiB, so in the boot physmap); only the boot CPU runs while this module edits it.
     unsafe { table(frame.start_address().as_u64()) }
 }
 
@@ -82,8 +80,7 @@ pub fn make_uncacheable(pa: u64) {
         "MMIO at {pa:#x} is above the boot physmap"
     );
     let pdpt_pa = pml4()[PHYSMAP_PML4_SLOT] & PTE_ADDR_MASK;
-    // SAFETY: PML4[256] points at boot_pdpt_low (.boot.bss, boot physmap),
-    // whose first four entries point at the boot page directories.
+    // SAFETY: PML4[256] points at boot_pdpt_low (.boot.bss, boot physmap), whose first four entries point at the boot page directories.
     let pdpt = unsafe { table(pdpt_pa) };
     let pd_pa = pdpt[(pa >> 30) as usize] & PTE_ADDR_MASK;
     // SAFETY: as above: a boot page directory, in the boot physmap.
@@ -101,9 +98,7 @@ pub fn drop_identity_map() {
         frame.start_address().as_u64(),
         core::sync::atomic::Ordering::Relaxed,
     );
-    // SAFETY: rewriting CR3 with its own value only flushes the non-global
-    // TLB entries; nothing still executing or referenced lives in the low
-    // half (the stub is done; start_info is read through the physmap).
+    // SAFETY: rewriting CR3 with its own value only flushes the non-global TLB entries; nothing still executing or referenced lives in the low half (the stub is done; start_info is read through the physmap).
     unsafe { Cr3::write(frame, flags) };
 }
 
@@ -159,8 +154,7 @@ pub fn extend_physmap(memory: &mut MemoryMap) -> Result<(), PhysmapError> {
         let pd_pa = memory
             .allocate(PAGE_SIZE, PAGE_SIZE, BOOT_PHYSMAP_END)
             .ok_or(PhysmapError::NoMemoryForTables)?;
-        // SAFETY: the page was just taken out of usable RAM below 4 GiB (so
-        // it is in the boot physmap) and nothing else refers to it.
+        // SAFETY: the page was just taken out of usable RAM below 4 GiB (so it is in the boot physmap) and nothing else refers to it.
         let pd = unsafe { table(pd_pa) };
         for (i, e) in pd.iter_mut().enumerate() {
             *e = (base + ((i as u64) << 21)) | PTE_PRESENT | PTE_WRITABLE | PTE_HUGE;

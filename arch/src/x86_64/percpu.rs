@@ -72,9 +72,7 @@ pub unsafe fn install(area: *mut PerCpu, cpu: usize, tables: *mut CpuTables) {
         (*area).cpu = cpu as u64;
         (*area).tables = tables;
     }
-    // SAFETY: GS base and kernel GS base are the per-CPU MSRs; kernel mode
-    // reads GS only through the accessors below, and no user mode has run
-    // on this CPU yet (the user GS base starts at 0).
+    // SAFETY: GS base and kernel GS base are the per-CPU MSRs; kernel mode reads GS only through the accessors below, and no user mode has run on this CPU yet (the user GS base starts at 0).
     unsafe {
         msr::write(msr::IA32_GS_BASE, area as u64);
         msr::write(msr::IA32_KERNEL_GS_BASE, 0);
@@ -85,8 +83,7 @@ pub unsafe fn install(area: *mut PerCpu, cpu: usize, tables: *mut CpuTables) {
 #[inline(always)]
 pub fn cpu() -> usize {
     let v: u64;
-    // SAFETY: in kernel mode GS points at this CPU's `PerCpu` (installed by
-    // `install` before any caller runs); the load reads its `cpu` field.
+    // SAFETY: in kernel mode GS points at this CPU's `PerCpu` (installed by `install` before any caller runs); the load reads its `cpu` field.
     unsafe {
         asm!("mov {}, gs:[{off}]", out(reg) v, off = const OFF_CPU,
              options(nostack, readonly, preserves_flags))
@@ -97,10 +94,7 @@ pub fn cpu() -> usize {
 /// Sets the stack that `syscall` switches to.
 #[inline(always)]
 pub fn set_kernel_rsp(top: u64) {
-    // SAFETY: as for `cpu`; the slot is this CPU's own and only read by the
-    // syscall entry on this CPU, which cannot run concurrently (interrupts
-    // are off in the kernel, and the syscall instruction comes from user
-    // mode).
+    // SAFETY: as for `cpu`; the slot is this CPU's own and only read by the syscall entry on this CPU, which cannot run concurrently (interrupts are off in the kernel, and the syscall instruction comes from user mode).
     unsafe {
         asm!("mov gs:[{off}], {}", in(reg) top, off = const OFF_KERNEL_RSP,
              options(nostack, preserves_flags))

@@ -156,9 +156,7 @@ struct ApBoot {
 struct ApStack([u8; AP_STACK_SIZE]);
 
 fn write_phys(pa: u64, v: u64) {
-    // SAFETY: callers pass addresses of the trampoline page and its page
-    // tables (0x8000..0xc000), conventional RAM nobody else uses while the
-    // boot CPU starts APs one by one (see the module docs).
+    // SAFETY: callers pass addresses of the trampoline page and its page tables (0x8000..0xc000), conventional RAM nobody else uses while the boot CPU starts APs one by one (see the module docs).
     unsafe { (paging::phys_to_virt(pa) as *mut u64).write_volatile(v) };
 }
 
@@ -170,8 +168,7 @@ fn install_trampoline() {
         len <= (PARAMS - TRAMPOLINE) as usize,
         "AP trampoline too large"
     );
-    // SAFETY: the source is the trampoline's bytes in .rodata; the
-    // destination is the trampoline page (see `write_phys`).
+    // SAFETY: the source is the trampoline's bytes in .rodata; the destination is the trampoline page (see `write_phys`).
     unsafe {
         core::ptr::copy_nonoverlapping(start, paging::phys_to_virt(TRAMPOLINE), len);
         core::ptr::write_bytes(paging::phys_to_virt(TRAMP_PML4), 0, 3 * 4096);
@@ -245,11 +242,9 @@ pub fn start_secondaries() -> usize {
 /// An AP's first Rust code, on its own stack, with the trampoline's page
 /// tables.
 extern "C" fn ap_entry(boot: &'static ApBoot) -> ! {
-    // SAFETY: the kernel root maps the kernel image, its stacks and the
-    // physmap: everything this CPU touches from here on.
+    // SAFETY: the kernel root maps the kernel image, its stacks and the physmap: everything this CPU touches from here on.
     unsafe { core::arch::asm!("mov cr3, {}", in(reg) paging::kernel_root(), options(nostack)) };
-    // SAFETY: `tables` and `percpu` were allocated for this CPU alone and
-    // are never freed; interrupts are off.
+    // SAFETY: `tables` and `percpu` were allocated for this CPU alone and are never freed; interrupts are off.
     unsafe {
         gdt::load(boot.tables);
         percpu::install(boot.percpu, boot.cpu, boot.tables);

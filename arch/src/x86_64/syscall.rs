@@ -156,9 +156,7 @@ extern "C" fn syscall_dispatch(frame: &mut TrapFrame) -> u64 {
 /// Programs this CPU's syscall MSRs and enables `syscall` (EFER.SCE).
 pub fn init_cpu() {
     let star = (u64::from(gdt::SYSRET_BASE) << 48) | (u64::from(gdt::KERNEL_CS) << 32);
-    // SAFETY: these MSRs exist on every x86_64 CPU; the entry point is the
-    // assembly above, the selectors match the GDT (gdt.rs), and FMASK
-    // clears IF so the kernel starts with interrupts off.
+    // SAFETY: these MSRs exist on every x86_64 CPU; the entry point is the assembly above, the selectors match the GDT (gdt.rs), and FMASK clears IF so the kernel starts with interrupts off.
     unsafe {
         msr::write(msr::IA32_STAR, star);
         msr::write(msr::IA32_LSTAR, entry());

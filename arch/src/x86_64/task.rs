@@ -140,9 +140,7 @@ extern "C" fn exit_to_user(frame: &mut UserFrame) {
 /// built by [`init_kernel`]/[`init_user`], whose stack is alive and used by
 /// no CPU; interrupts are off.
 pub unsafe fn switch(prev: *mut Context, next: *const Context) {
-    // SAFETY: the caller's contract; the callee-saved registers are saved
-    // and restored by the assembly, the others are clobbered as by any
-    // call.
+    // SAFETY: the caller's contract; the callee-saved registers are saved and restored by the assembly, the others are clobbered as by any call.
     unsafe { samara_x86_switch(prev, next) }
 }
 
@@ -209,8 +207,7 @@ pub unsafe fn init_user(ctx: &mut Context, stack_top: u64, frame: &UserFrame) {
 /// The stack the next entry from user mode on this CPU lands on: TSS.RSP0
 /// for interrupts and exceptions, the per-CPU slot for `syscall`.
 pub fn set_kernel_stack(top: u64) {
-    // SAFETY: the per-CPU tables are this CPU's and loaded; interrupts are
-    // off in the kernel.
+    // SAFETY: the per-CPU tables are this CPU's and loaded; interrupts are off in the kernel.
     unsafe { gdt::set_rsp0(percpu::tables(), top) };
     percpu::set_kernel_rsp(top);
 }

@@ -86,8 +86,7 @@ pub fn calibrate() -> Result<(), CalibrationError> {
     let mut cmd = Port::<u8>::new(0x43);
     let mut ch2 = Port::<u8>::new(0x42);
     let latch = PIT_HZ * CALIBRATION_MS / 1000;
-    // SAFETY: ports 0x61, 0x43 and 0x42 are the PC's system control port
-    // and PIT; this only gates channel 2 (speaker off) and programs it.
+    // SAFETY: ports 0x61, 0x43 and 0x42 are the PC's system control port and PIT; this only gates channel 2 (speaker off) and programs it.
     let (t0, t1, l1) = unsafe {
         let v = p61.read();
         p61.write((v & !0x02) | 0x01);

@@ -261,9 +261,7 @@ pub fn load() {
         limit: (core::mem::size_of::<Idt>() - 1) as u16,
         base: VirtAddr::new(idt as *const Idt as u64),
     };
-    // SAFETY: the IDT lives in a static for the kernel's lifetime, every
-    // gate points at a stub above with the kernel code selector, and each
-    // IST index names a stack the TSS provides (gdt::load ran).
+    // SAFETY: the IDT lives in a static for the kernel's lifetime, every gate points at a stub above with the kernel code selector, and each IST index names a stack the TSS provides (gdt::load ran).
     unsafe { lidt(&ptr) };
 }
 

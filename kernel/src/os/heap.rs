@@ -115,8 +115,7 @@ impl Heap {
             .to_phys(p)
             .expect("heap pointer outside the direct map");
         self.frames.fetch_sub(1 << order, Ordering::Relaxed);
-        // SAFETY: the block came from this allocator with this order and
-        // the caller no longer uses it; it is not mapped anywhere else.
+        // SAFETY: the block came from this allocator with this order and the caller no longer uses it; it is not mapped anywhere else.
         unsafe { fa.free(super::cpu_id(), Frame::containing(pa), order) };
     }
 
@@ -176,8 +175,7 @@ unsafe impl GlobalAlloc for Heap {
             let mut off = PAGE_SIZE;
             while off - size >= first_slot(class) {
                 off -= size;
-                // SAFETY: the page is ours (fresh from the frame allocator);
-                // each slot lies inside it and is aligned for a pointer.
+                // SAFETY: the page is ours (fresh from the frame allocator); each slot lies inside it and is aligned for a pointer.
                 let slot = unsafe { page.as_ptr().add(off) }.cast::<FreeSlot>();
                 // SAFETY: as above.
                 unsafe { slot.write(FreeSlot { next: free }) };
@@ -195,8 +193,7 @@ unsafe impl GlobalAlloc for Heap {
                 Self::push(&mut c, class, h);
             }
         }
-        // SAFETY: `h` is a live page on the partial list (lock held), so it
-        // has at least one free slot.
+        // SAFETY: `h` is a live page on the partial list (lock held), so it has at least one free slot.
         unsafe {
             let slot = (*h).free;
             (*h).free = (*slot).next;
@@ -210,15 +207,13 @@ unsafe impl GlobalAlloc for Heap {
 
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
         let Some(class) = class_of(layout) else {
-            // SAFETY: a large block of this layout's order (the caller's
-            // GlobalAlloc contract: same layout as at allocation).
+            // SAFETY: a large block of this layout's order (the caller's GlobalAlloc contract: same layout as at allocation).
             unsafe { self.free_frames(p, large_order(layout)) };
             return;
         };
         let h = (p as usize & !(PAGE_SIZE - 1)) as *mut PageHdr;
         let mut c = self.classes.lock();
-        // SAFETY: `p` is a slot of the live page `h` of this class (the
-        // caller's contract); the lock is held.
+        // SAFETY: `p` is a slot of the live page `h` of this class (the caller's contract); the lock is held.
         let empty = unsafe {
             debug_assert_eq!(
                 (*h).class as usize,

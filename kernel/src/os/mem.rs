@@ -91,9 +91,7 @@ pub fn init(info: &BootInfo, nr_cpus: usize, per_vma_lock: bool) -> Result<(), M
         .map(|r| r.end)
         .max()
         .unwrap_or(0);
-    // SAFETY: the arch layer maps all of RAM at `phys_to_virt` for the
-    // kernel's lifetime (x86: the physmap, extended over all RAM at boot),
-    // page-aligned at both ends.
+    // SAFETY: the arch layer maps all of RAM at `phys_to_virt` for the kernel's lifetime (x86: the physmap, extended over all RAM at boot), page-aligned at both ends.
     let dmap = unsafe {
         DirectMap::new(
             arch::paging::phys_to_virt(0),
@@ -101,17 +99,13 @@ pub fn init(info: &BootInfo, nr_cpus: usize, per_vma_lock: bool) -> Result<(), M
             PhysAddr::new(end.next_multiple_of(4096)),
         )
     };
-    // SAFETY: the usable regions are RAM nothing else uses: the kernel
-    // image, boot data and firmware areas are other region kinds, and the
-    // boot code allocated its own page tables out of usable RAM by marking
-    // them `Kernel`. From now on only the allocator hands them out.
+    // SAFETY: the usable regions are RAM nothing else uses: the kernel image, boot data and firmware areas are other region kinds, and the boot code allocated its own page tables out of usable RAM by marking them `Kernel`. From now on only the allocator hands them out.
     let fa = unsafe { FrameAllocator::new(dmap, &regions[..n], FrameConfig::new(nr_cpus)) }
         .map_err(MemError::Frames)?;
     let fa = FRAMES.call_once(|| fa);
     let rcu = RCU.call_once(Rcu::new);
     SHOOTDOWN.call_once(|| Shootdown::new(nr_cpus));
-    // SAFETY: the context is never dropped (a static), so no RCU callback
-    // can outlive it.
+    // SAFETY: the context is never dropped (a static), so no RCU callback can outlive it.
     let ctx = unsafe { MmContext::new(fa, rcu, &tlb::FLUSH, UserLayout::for_format::<ArchPte>()) }
         .map_err(|_| MemError::Slabs)?;
     let ctx = MM.call_once(|| ctx);

@@ -113,8 +113,7 @@ impl Process {
     /// Undoes `new` for a process that never got a thread (its first
     /// thread could not be created).
     pub fn abandon(self: &Arc<Self>) {
-        // SAFETY: no thread ever ran in the address space and nobody else
-        // can reach it.
+        // SAFETY: no thread ever ran in the address space and nobody else can reach it.
         unsafe { self.mm.exit(super::cpu_id()) };
         let parent = self.inner.lock().parent.take().and_then(|w| w.upgrade());
         if let Some(parent) = parent {
@@ -324,9 +323,7 @@ fn exit_process(p: &Arc<Process>, last_value: u64) {
     } else {
         last_value & 0xff
     };
-    // SAFETY: every thread of the process has exited and left the address
-    // space (`exit_thread`), and nothing else uses it: no other thread can
-    // fault, copy or fork from it now, and the process is never run again.
+    // SAFETY: every thread of the process has exited and left the address space (`exit_thread`), and nothing else uses it: no other thread can fault, copy or fork from it now, and the process is never run again.
     unsafe { p.mm.exit(super::cpu_id()) };
     // Orphan the children; reap those that already exited.
     let children = core::mem::take(&mut p.inner.lock().children);

@@ -109,9 +109,7 @@ impl KStack {
 
 impl Drop for KStack {
     fn drop(&mut self) {
-        // SAFETY: the block came from the allocator with this order, and a
-        // stack is dropped only with its task, after the last CPU switched
-        // off it (`finish_switch` drops the CPU's reference only then).
+        // SAFETY: the block came from the allocator with this order, and a stack is dropped only with its task, after the last CPU switched off it (`finish_switch` drops the CPU's reference only then).
         unsafe { mem::fa().free(super::cpu_id(), self.frame, STACK_ORDER) };
     }
 }
@@ -175,8 +173,7 @@ impl Task {
     ) -> Option<Arc<Task>> {
         let t = Task::new(name, None, false)?;
         let top = t.stack_top();
-        // SAFETY: the stack is the new task's own, nobody runs on it yet,
-        // and its top is page-aligned.
+        // SAFETY: the stack is the new task's own, nobody runs on it yet, and its top is page-aligned.
         unsafe { arch::task::init_kernel(&mut *t.ctx.get(), top, entry, arg) };
         Some(Arc::new(t))
     }
@@ -190,8 +187,7 @@ impl Task {
     ) -> Option<Arc<Task>> {
         let t = Task::new(name, Some(process), false)?;
         let top = t.stack_top();
-        // SAFETY: as in `new_kernel`; the frame is a user-mode frame built
-        // by `UserFrame::new_user` or copied from a user task's entry.
+        // SAFETY: as in `new_kernel`; the frame is a user-mode frame built by `UserFrame::new_user` or copied from a user task's entry.
         unsafe { arch::task::init_user(&mut *t.ctx.get(), top, frame) };
         Some(Arc::new(t))
     }
@@ -312,12 +308,7 @@ fn wake_sleepers() {
 
 /// Runs `f` with this CPU's RCU handle.
 pub fn with_rcu<R>(f: impl FnOnce(&mut RcuCpu<'static>) -> R) -> R {
-    // SAFETY: only this CPU touches its handle, with interrupts off, and no
-    // caller holds a borrow across a call that could reach here again (the
-    // interrupt handlers run only in user mode or in `wait_for_interrupt`,
-    // outside any `with_rcu`; in a spin loop's relax halt, which may be
-    // inside one, the arch handler only acknowledges and calls no kernel
-    // code).
+    // SAFETY: only this CPU touches its handle, with interrupts off, and no caller holds a borrow across a call that could reach here again (the interrupt handlers run only in user mode or in `wait_for_interrupt`, outside any `with_rcu`; in a spin loop's relax halt, which may be inside one, the arch handler only acknowledges and calls no kernel code).
     let slot = unsafe { &mut *this().rcu.get() };
     f(slot
         .as_mut()
@@ -327,17 +318,14 @@ pub fn with_rcu<R>(f: impl FnOnce(&mut RcuCpu<'static>) -> R) -> R {
 /// The running task.
 pub fn current() -> &'static Task {
     let p = this().current.get();
-    // SAFETY: the CPU owns a strong reference to its current task, so it is
-    // alive at least until this CPU switches away, and the returned
-    // reference is only used by code running as that task.
+    // SAFETY: the CPU owns a strong reference to its current task, so it is alive at least until this CPU switches away, and the returned reference is only used by code running as that task.
     unsafe { &*p }
 }
 
 /// A new strong reference to the running task.
 pub fn current_arc() -> Arc<Task> {
     let p = this().current.get();
-    // SAFETY: `p` came from `Arc::into_raw` and the CPU's reference keeps
-    // the count above zero.
+    // SAFETY: `p` came from `Arc::into_raw` and the CPU's reference keeps the count above zero.
     unsafe {
         Arc::increment_strong_count(p);
         Arc::from_raw(p)
@@ -481,9 +469,7 @@ fn switch_to(prev_ptr: *const Task, next: Arc<Task>) {
         if mem::shootdown().loaded(cpu) != mm {
             // (S1 in mm::shootdown) record first, then activate.
             mem::shootdown().set_loaded(cpu, mm);
-            // SAFETY: the root stays valid while any thread of the process
-            // can run (the address space is torn down only after its last
-            // thread left it, see `process::exit_thread`).
+            // SAFETY: the root stays valid while any thread of the process can run (the address space is torn down only after its last thread left it, see `process::exit_thread`).
             unsafe { arch::mmu::activate(p.mm.root_phys(), p.mm.root_entry(), mm) };
         }
         arch::task::set_kernel_stack(next.stack_top());
@@ -493,9 +479,7 @@ fn switch_to(prev_ptr: *const Task, next: Arc<Task>) {
     let next_ptr = Arc::into_raw(next);
     c.prev.set(prev_ptr);
     c.current.set(next_ptr);
-    // SAFETY: `prev` is the running task (its context is ours to save) and
-    // `next` is off every CPU (`on_cpu` was clear) with a context saved by
-    // `switch` or built by `init_*`.
+    // SAFETY: `prev` is the running task (its context is ours to save) and `next` is off every CPU (`on_cpu` was clear) with a context saved by `switch` or built by `init_*`.
     unsafe {
         let prev_ctx = (*prev_ptr).ctx.get();
         let next_ctx = (*next_ptr).ctx.get();
@@ -514,9 +498,7 @@ pub fn finish_switch() {
     if prev.is_null() {
         return;
     }
-    // SAFETY: the CPU's reference, taken with `Arc::into_raw` when the task
-    // became current; a dead task's stack is freed when it drops, here, on
-    // another stack.
+    // SAFETY: the CPU's reference, taken with `Arc::into_raw` when the task became current; a dead task's stack is freed when it drops, here, on another stack.
     let prev = unsafe { Arc::from_raw(prev) };
     let mut s = prev.sched.lock();
     s.on_cpu = false;

@@ -75,8 +75,7 @@ impl UserMm {
     fn from(a: AddressSpace<'static, ArchPte>) -> UserMm {
         let pt = a.page_table();
         let (root_phys, root_entry) = (pt.root_phys().as_u64(), pt.root_entry());
-        // SAFETY: a fresh root nobody uses yet; the arch writes only the
-        // entries above the user limit, which the page table leaves alone.
+        // SAFETY: a fresh root nobody uses yet; the arch writes only the entries above the user limit, which the page table leaves alone.
         unsafe { arch::mmu::init_user_root(root_phys) };
         UserMm {
             id: a.id().raw(),
@@ -93,8 +92,7 @@ impl UserMm {
     }
 
     fn a(&self) -> &AddressSpace<'static, ArchPte> {
-        // SAFETY: only `exit` writes the cell, and its contract rules out
-        // any use of `self` during or after it.
+        // SAFETY: only `exit` writes the cell, and its contract rules out any use of `self` during or after it.
         unsafe { (*self.aspace.get()).as_ref() }.expect("user memory used after exit")
     }
 

@@ -94,8 +94,7 @@ unsafe fn rcu_callback(_: core::ptr::NonNull<mm::rcu::RcuHead>) {
 }
 
 fn rcu_idle_check(round: u64) -> Result<(), u64> {
-    // SAFETY: the static head lives forever and is queued again only after
-    // its callback ran (checked below); the callback touches only a static.
+    // SAFETY: the static head lives forever and is queued again only after its callback ran (checked below); the callback touches only a static.
     unsafe {
         mem::rcu().call(
             super::cpu_id(),

@@ -18,10 +18,7 @@ pub mod sys {
     #[inline(always)]
     pub fn call(nr: u64, a: [u64; 6]) -> u64 {
         let ret: u64;
-        // SAFETY: the syscall ABI (samara_abi): the kernel reads the number
-        // and six arguments, returns in rax and clobbers rcx and r11; it
-        // touches our memory only through the pointers we pass, as the
-        // call's contract says.
+        // SAFETY: the syscall ABI (samara_abi): the kernel reads the number and six arguments, returns in rax and clobbers rcx and r11; it touches our memory only through the pointers we pass, as the call's contract says.
         unsafe {
             core::arch::asm!(
                 "syscall",
@@ -39,10 +36,7 @@ pub mod sys {
     #[inline(always)]
     pub fn call(nr: u64, a: [u64; 6]) -> u64 {
         let ret: u64;
-        // SAFETY: the syscall ABI (samara_abi; n64 registers, see the
-        // kernel's arch/src/mips64/task.rs): number in v0, arguments in
-        // a0..a5, result in v0, every other register preserved; the kernel
-        // touches our memory only through the pointers we pass.
+        // SAFETY: the syscall ABI (samara_abi; n64 registers, see the kernel's arch/src/mips64/task.rs): number in v0, arguments in a0..a5, result in v0, every other register preserved; the kernel touches our memory only through the pointers we pass.
         unsafe {
             core::arch::asm!(
                 "syscall",
@@ -181,18 +175,13 @@ pub fn gettid() -> u64 {
 pub fn cycles() -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: `rdtsc` only reads the time-stamp counter; it faults in
-        // user mode only if CR4.TSD is set, which Samara never does
-        // (arch/src/x86_64/cpu.rs `init_features` clears it).
+        // SAFETY: `rdtsc` only reads the time-stamp counter; it faults in user mode only if CR4.TSD is set, which Samara never does (arch/src/x86_64/cpu.rs `init_features` clears it).
         unsafe { core::arch::x86_64::_rdtsc() }
     }
     #[cfg(target_arch = "mips64")]
     {
         let c: u64;
-        // SAFETY: `rdhwr $2` reads CP0 Count, with no other effect; user
-        // mode may execute it because the kernel sets HWREna.CC on every CPU
-        // (arch/src/mips64/mod.rs `init_cpu`). The value arrives
-        // sign-extended from 32 bits; the mask keeps the counter's bits.
+        // SAFETY: `rdhwr $2` reads CP0 Count, with no other effect; user mode may execute it because the kernel sets HWREna.CC on every CPU (arch/src/mips64/mod.rs `init_cpu`). The value arrives sign-extended from 32 bits; the mask keeps the counter's bits.
         unsafe {
             core::arch::asm!(
                 ".set push",

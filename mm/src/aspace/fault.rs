@@ -118,10 +118,10 @@ impl<F: PteFormat> AddressSpace<'_, F> {
             // without it.
             let guard = self.ctx.rcu.read_lock(cpu);
             let locked = lock_vma_under_rcu(self.id(), &self.mmap, addr, cpu, stats, |a| {
-                // SAFETY: read from the VMA tree inside `guard`'s section.
-                self.tree
-                    .load(&guard, a)
-                    .map(|v| unsafe { RcuVma::new(&guard, v) })
+                self.tree.load(&guard, a).map(|v| {
+                    // SAFETY: read from the VMA tree inside `guard`'s section.
+                    unsafe { RcuVma::new(&guard, v) }
+                })
             });
             if let Some(vg) = locked {
                 match self.fault_in(cpu, vg.vma().vma(), addr, access, Held::Vma) {
@@ -419,8 +419,7 @@ impl<F: PteFormat> AddressSpace<'_, F> {
 
     /// The shared-memory object of a `SHARED` VMA the caller pinned.
     fn shm_of(&self, vma: VmaRef) -> &super::shm::Shm<'_> {
-        // SAFETY: pinned (caller); a shared VMA holds a reference on its
-        // object for as long as it exists, and sets it before it is attached.
+        // SAFETY: pinned (caller); a shared VMA holds a reference on its object for as long as it exists, and sets it before it is attached.
         unsafe { super::shm::Shm::from_ptr(vma.payload().shm()) }
     }
 
@@ -437,9 +436,7 @@ impl<F: PteFormat> AddressSpace<'_, F> {
         let (Some(src), Some(dst)) = (src, dst) else {
             panic!("copy-on-write of a frame outside the direct map");
         };
-        // SAFETY: both frames are RAM reached through the direct map; `to`
-        // is freshly allocated (ours alone) and `from` is mapped read-only
-        // by everyone who maps it, so nothing writes it during the copy.
+        // SAFETY: both frames are RAM reached through the direct map; `to` is freshly allocated (ours alone) and `from` is mapped read-only by everyone who maps it, so nothing writes it during the copy.
         unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_ptr(), PAGE as usize) };
     }
 }

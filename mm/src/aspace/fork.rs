@@ -65,8 +65,7 @@ impl<'a, F: PteFormat> AddressSpace<'a, F> {
                 // unreachable, so the order cannot deadlock.
                 let _pa = self.anon_lock.lock();
                 let _ca = child.anon_lock.lock();
-                // SAFETY: both pinned, both anon locks held; `new`'s
-                // payload is a copy of `vma`'s and it has no chains.
+                // SAFETY: both pinned, both anon locks held; `new`'s payload is a copy of `vma`'s and it has no chains.
                 unsafe { ctx.anon.fork(cpu, new, vma) }
             };
             if linked.is_err() {

@@ -290,9 +290,7 @@ impl<'a, F: PteFormat> AddressSpace<'a, F> {
             // SAFETY: the VMA held one reference on its object.
             unsafe { Shm::put(p.shm(), &self.ctx.shms, self.ctx.frames, cpu) };
         }
-        // SAFETY: detached, so no reader holds it, and nothing else refers
-        // to it any more. (The cache is type-safe by RCU: a stale RCU
-        // reader may still look at its stable part, which stays valid.)
+        // SAFETY: detached, so no reader holds it, and nothing else refers to it any more. (The cache is type-safe by RCU: a stale RCU reader may still look at its stable part, which stays valid.)
         unsafe {
             debug_assert!(!vma.stable().lock.is_attached(), "freeing an attached VMA");
             self.ctx.vmas.free_ptr(cpu, vma.slab_ptr());
@@ -549,9 +547,7 @@ impl<'a, F: PteFormat> AddressSpace<'a, F> {
             }
         }
         if result.is_ok() {
-            // SAFETY: no VMA is left in [floor, ceiling) (floor and ceiling
-            // are the neighbours' edges), and we hold the mmap write lock,
-            // so no fault or other operation walks these tables.
+            // SAFETY: no VMA is left in [floor, ceiling) (floor and ceiling are the neighbours' edges), and we hold the mmap write lock, so no fault or other operation walks these tables.
             if let Err(e) = unsafe { self.pt.free_tables(start, end, floor, ceiling, &mut gather) }
             {
                 debug_assert!(false, "free_tables failed: {e:?}");

@@ -276,8 +276,7 @@ impl<'a, F: PteFormat> MmContext<'a, F> {
         if let Some(m) = self.frames.meta(frame) {
             m.dec_map_count();
         }
-        // SAFETY: each mapping of `frame` held one reference, taken when it
-        // was installed; this drops that one.
+        // SAFETY: each mapping of `frame` held one reference, taken when it was installed; this drops that one.
         unsafe { self.frames.put(cpu, frame, 0) };
     }
 }

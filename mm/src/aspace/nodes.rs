@@ -103,8 +103,7 @@ impl<'a> SlabNodeAlloc<'a> {
 
     fn free_batch(&self, batch: &RetireBatch) {
         for n in batch.nodes.iter().flatten() {
-            // SAFETY: retired nodes came from `alloc_node`, and the grace
-            // period that began after they became unreachable is over.
+            // SAFETY: retired nodes came from `alloc_node`, and the grace period that began after they became unreachable is over.
             unsafe { self.nodes.free_ptr(batch.cpu, SlabPtr::from_payload(*n)) };
         }
     }
@@ -116,21 +115,18 @@ impl<'a> SlabNodeAlloc<'a> {
 /// head alone (Miri's Stacked Borrows rejects the step back otherwise).
 fn head_of(p: SlabPtr<RetireBatchObj>) -> NonNull<RcuHead> {
     let batch = p.payload_raw().as_ptr();
-    // SAFETY: `batch` points to an allocated batch; taking a field's
-    // address creates no reference, and the field address is non-null.
+    // SAFETY: `batch` points to an allocated batch; taking a field's address creates no reference, and the field address is non-null.
     unsafe { NonNull::new_unchecked(core::ptr::addr_of_mut!((*batch).head)) }
 }
 
 /// The RCU callback of a retire batch.
 unsafe fn retire_cb(head: NonNull<RcuHead>) {
-    // SAFETY: `head` is the first field of a `repr(C)` `RetireBatch` that
-    // `retire` queued; it is ours until we free it.
+    // SAFETY: `head` is the first field of a `repr(C)` `RetireBatch` that `retire` queued; it is ours until we free it.
     let batch = unsafe {
         head.byte_sub(offset_of!(RetireBatch, head))
             .cast::<RetireBatch>()
     };
-    // SAFETY: as above; the allocator outlives its callbacks (it waits for
-    // them in `destroy`).
+    // SAFETY: as above; the allocator outlives its callbacks (it waits for them in `destroy`).
     let (b, owner) = unsafe { (batch.as_ref(), &*batch.as_ref().owner) };
     owner.free_batch(b);
     let cpu = b.cpu;
@@ -187,14 +183,12 @@ unsafe impl NodeAlloc for SlabNodeAlloc<'_> {
             };
             match self.batches.alloc(cpu, batch()) {
                 Ok(owned) => {
-                    // SAFETY: the head is not queued; the batch and the
-                    // allocator live until the callback runs.
+                    // SAFETY: the head is not queued; the batch and the allocator live until the callback runs.
                     unsafe { self.rcu.call(cpu, head_of(owned.publish()), retire_cb) };
                 }
                 Err(_) => match self.spare.lock().take() {
                     Some(p) => {
-                        // SAFETY: the spare is ours alone (taken under the
-                        // lock); fill it in place and queue it.
+                        // SAFETY: the spare is ours alone (taken under the lock); fill it in place and queue it.
                         *unsafe { p.payload_mut() } = batch();
                         // SAFETY: as in the `Ok` arm.
                         unsafe { self.rcu.call(cpu, head_of(p), retire_cb) };

@@ -84,8 +84,7 @@ impl<'a> Shm<'a> {
     /// Frees the object's pages (one reference each) and its radix tree.
     fn destroy(self, frames: &FrameAllocator, cpu: CpuId) {
         let mut put_frame = |f: Frame| {
-            // SAFETY: each frame in the object holds the object's one
-            // reference, dropped here.
+            // SAFETY: each frame in the object holds the object's one reference, dropped here.
             unsafe { frames.put(cpu, f, 0) };
         };
         let flusher = NoMmu;
@@ -124,8 +123,7 @@ impl<'a> Shm<'a> {
         if me.refs.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
-        // SAFETY: the count reached zero: ours alone. Take the page table
-        // out of the object before freeing it.
+        // SAFETY: the count reached zero: ours alone. Take the page table out of the object before freeing it.
         let sp = unsafe { SlabPtr::<ShmObj<'a>>::from_raw(NonNull::new_unchecked(p)) };
         // SAFETY: as above.
         let owned = unsafe { slab.reclaim(cpu, sp) };

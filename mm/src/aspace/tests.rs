@@ -29,8 +29,7 @@ impl Sys {
     }
 
     pub fn ctx(&self) -> MmContext<'_, SoftPte> {
-        // SAFETY: every test ends with `finish`, which destroys the context
-        // after an RCU barrier.
+        // SAFETY: every test ends with `finish`, which destroys the context after an RCU barrier.
         unsafe {
             MmContext::new(
                 &self.frames,

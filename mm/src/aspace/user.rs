@@ -20,8 +20,7 @@ impl<F: PteFormat> AddressSpace<'_, F> {
             buf.len(),
             Access::Read,
             &mut |frame_ptr, off, done, n| {
-                // SAFETY: `frame_ptr + off .. + n` lies inside one mapped frame
-                // (see `copy_user`), and `buf[done..done + n]` inside `buf`.
+                // SAFETY: `frame_ptr + off .. + n` lies inside one mapped frame (see `copy_user`), and `buf[done..done + n]` inside `buf`.
                 unsafe {
                     core::ptr::copy_nonoverlapping(
                         frame_ptr.add(off),

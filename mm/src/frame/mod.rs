@@ -296,10 +296,7 @@ impl FrameAllocator {
         let base = dmap.to_virt_unchecked(Frame::from_pfn(carve_pfn).start());
         let mem_map = base.cast::<PageMeta>();
         for i in 0..span as usize {
-            // SAFETY: the carve-out is `meta_frames` whole frames of
-            // usable, direct-mapped RAM that we own (caller's contract);
-            // entry `i` lies inside it and is suitably aligned (page-aligned
-            // base, 32-byte entries).
+            // SAFETY: the carve-out is `meta_frames` whole frames of usable, direct-mapped RAM that we own (caller's contract); entry `i` lies inside it and is suitably aligned (page-aligned base, 32-byte entries).
             unsafe { ptr::write(mem_map.as_ptr().add(i), PageMeta::new_reserved()) };
         }
         // SAFETY: `pcp_off` is inside the carve-out and 128-byte aligned.
@@ -312,8 +309,7 @@ impl FrameAllocator {
                 }),
                 count: AtomicU32::new(0),
             };
-            // SAFETY: entry `c` lies inside the carve-out (sized for
-            // `nr_cpus` entries) and is aligned.
+            // SAFETY: entry `c` lies inside the carve-out (sized for `nr_cpus` entries) and is aligned.
             unsafe { ptr::write(pcp.as_ptr().add(c), CachePadded(p)) };
         }
 
@@ -400,8 +396,7 @@ impl FrameAllocator {
     pub fn alloc_zeroed(&self, cpu: CpuId, order: u32) -> Result<Frame, AllocError> {
         let f = self.alloc(cpu, order)?;
         let p = self.dmap.to_virt_unchecked(f.start());
-        // SAFETY: the block was just allocated to us: `PAGE_SIZE << order`
-        // bytes of direct-mapped RAM nobody else uses.
+        // SAFETY: the block was just allocated to us: `PAGE_SIZE << order` bytes of direct-mapped RAM nobody else uses.
         unsafe { ptr::write_bytes(p.as_ptr(), 0, PAGE_SIZE << order) };
         Ok(f)
     }
@@ -441,9 +436,7 @@ impl FrameAllocator {
             .meta(frame)
             .expect("put of a frame this allocator does not manage");
         if m.put_ref() {
-            // SAFETY: the reference count reached zero: we are the last
-            // owner (put_ref's Acquire fence orders every other owner's
-            // accesses before this), and the caller vouches for the rest.
+            // SAFETY: the reference count reached zero: we are the last owner (put_ref's Acquire fence orders every other owner's accesses before this), and the caller vouches for the rest.
             unsafe { self.free(cpu, frame, order) };
             true
         } else {
@@ -546,18 +539,14 @@ impl FrameAllocator {
     #[inline(always)]
     fn meta_at(&self, idx: u32) -> &PageMeta {
         debug_assert!(idx < self.nr_frames);
-        // SAFETY: `idx < nr_frames` (checked by every caller: indices come
-        // from `index`, from free lists built from valid indices, or from
-        // `check_free`), and entries `0..nr_frames` were initialised in
-        // `new` and live as long as `self`.
+        // SAFETY: `idx < nr_frames` (checked by every caller: indices come from `index`, from free lists built from valid indices, or from `check_free`), and entries `0..nr_frames` were initialised in `new` and live as long as `self`.
         unsafe { &*self.mem_map.as_ptr().add(idx as usize) }
     }
 
     #[inline(always)]
     fn pcp(&self, cpu: CpuId) -> &Pcp {
         debug_assert!(cpu < self.nr_cpus);
-        // SAFETY: `cpu < nr_cpus` (callers check), entries `0..nr_cpus`
-        // were initialised in `new` and live as long as `self`.
+        // SAFETY: `cpu < nr_cpus` (callers check), entries `0..nr_cpus` were initialised in `new` and live as long as `self`.
         unsafe { &*self.pcp.as_ptr().add(cpu) }
     }
 
@@ -752,8 +741,7 @@ impl Drop for FrameAllocator {
         // need it, as loom's do).
         if core::mem::needs_drop::<PageMeta>() {
             for i in 0..self.nr_frames as usize {
-                // SAFETY: entry `i` was initialised in `new` and is not used
-                // after this.
+                // SAFETY: entry `i` was initialised in `new` and is not used after this.
                 unsafe { ptr::drop_in_place(self.mem_map.as_ptr().add(i)) };
             }
         }
@@ -806,8 +794,7 @@ mod host {
                 }
                 usable.len()
             };
-            // SAFETY: the regions lie inside `mem`, which nothing else uses
-            // and which `HostFrames` drops after the allocator.
+            // SAFETY: the regions lie inside `mem`, which nothing else uses and which `HostFrames` drops after the allocator.
             let frames = unsafe { FrameAllocator::new(mem.direct_map(), &regions[..n], cfg) }
                 .expect("host frame allocator");
             HostFrames { frames, mem }

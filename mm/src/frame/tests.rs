@@ -262,8 +262,7 @@ fn init_rejects_bad_maps() {
     let (b, e) = mem.phys_range();
     let cfg = FrameConfig::new(1);
     let new = |r: &[(u64, u64)], c: FrameConfig| {
-        // SAFETY: the regions are inside `mem` (or rejected), which nothing
-        // else uses; failed constructions touch nothing.
+        // SAFETY: the regions are inside `mem` (or rejected), which nothing else uses; failed constructions touch nothing.
         unsafe { FrameAllocator::new(dm, r, c) }.err()
     };
     assert_eq!(
@@ -360,9 +359,9 @@ fn frames_never_alias_and_zeroed_alloc_zeroes() {
     unsafe { hf.free(0, last, 0) };
     let z = hf.alloc_zeroed(0, 0).unwrap();
     assert_eq!(z, last, "LIFO cache hands the same frame back");
+    let zp = hf.frame_ptr(z).unwrap().as_ptr();
     // SAFETY: `z` is ours.
-    let bytes =
-        unsafe { core::slice::from_raw_parts(hf.frame_ptr(z).unwrap().as_ptr(), PAGE_SIZE) };
+    let bytes = unsafe { core::slice::from_raw_parts(zp, PAGE_SIZE) };
     assert!(bytes.iter().all(|&b| b == 0));
     got.push(z);
     for f in got {

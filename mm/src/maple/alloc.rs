@@ -244,8 +244,7 @@ mod host {
     unsafe fn free_batch(h: NonNull<RcuHead>) {
         // SAFETY: `head` is the first field of the `#[repr(C)]` batch.
         let b = unsafe { Box::from_raw(h.cast::<Batch>().as_ptr()) };
-        // SAFETY: a grace period has passed since `retire`: no reader holds
-        // these nodes, and the tree gave them up.
+        // SAFETY: a grace period has passed since `retire`: no reader holds these nodes, and the tree gave them up.
         unsafe { b.pool.give_back(b.nodes[..b.len].iter().copied()) };
     }
 
@@ -279,8 +278,7 @@ mod host {
                 });
                 b.nodes[..chunk.len()].copy_from_slice(chunk);
                 let head = NonNull::from(Box::leak(b)).cast::<RcuHead>();
-                // SAFETY: the head is the first field of the leaked batch,
-                // not queued elsewhere; `free_batch` reclaims the box once.
+                // SAFETY: the head is the first field of the leaked batch, not queued elsewhere; `free_batch` reclaims the box once.
                 unsafe { self.rcu.call(cpu, head, free_batch) };
             }
         }
@@ -347,8 +345,7 @@ mod host {
     impl Drop for DeferredFree {
         fn drop(&mut self) {
             for n in self.retired.get_mut().drain(..) {
-                // SAFETY: `&mut self`: no tree and no reader uses the
-                // allocator any more, and every retired node is ours.
+                // SAFETY: `&mut self`: no tree and no reader uses the allocator any more, and every retired node is ours.
                 unsafe { unbox_node(n) }
             }
         }

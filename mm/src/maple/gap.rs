@@ -85,8 +85,7 @@ unsafe fn lowest_in(q: &Query, e: Enode, nmin: u64, nmax: u64) -> Option<u64> {
             }
             Kind::Leaf => None,
             Kind::Internal if n.gap(i) >= q.size => {
-                // SAFETY: a child of a live node is live; it covers
-                // `[first, last]`, which intersects the query.
+                // SAFETY: a child of a live node is live; it covers `[first, last]`, which intersects the query.
                 Enode::from_word(w).and_then(|c| unsafe { lowest_in(q, c, first, last) })
             }
             Kind::Internal => None,

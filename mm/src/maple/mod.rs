@@ -112,8 +112,7 @@ impl MapleEntry for NonZeroUsize {
 
 impl MapleEntry for NonZeroU64 {
     fn into_raw(self) -> NonZeroUsize {
-        // SAFETY: non-zero, and the cast is lossless (`node.rs` asserts
-        // 64-bit words).
+        // SAFETY: non-zero, and the cast is lossless (`node.rs` asserts 64-bit words).
         unsafe { NonZeroUsize::new_unchecked(self.get() as usize) }
     }
 
@@ -244,8 +243,7 @@ impl<E: MapleEntry, A: NodeAlloc> MapleTree<E, A> {
 
     /// The entry containing `index`, with its range.
     pub fn load_range(&self, _guard: &A::Guard<'_>, index: u64) -> Option<MapleRange<E>> {
-        // SAFETY: the guard keeps every node reachable during the call
-        // allocated (`NodeAlloc` contract).
+        // SAFETY: the guard keeps every node reachable during the call allocated (`NodeAlloc` contract).
         unsafe { read::load_range(&self.root, index) }
     }
 
@@ -277,8 +275,7 @@ impl<E: MapleEntry, A: NodeAlloc> MapleTree<E, A> {
 
     /// The entries intersecting `[first, last]`, in order.
     pub fn iter<'a>(&'a self, _guard: &'a A::Guard<'_>, first: u64, last: u64) -> Iter<'a, E> {
-        // SAFETY: the iterator borrows the guard, which keeps every node it
-        // reaches allocated.
+        // SAFETY: the iterator borrows the guard, which keeps every node it reaches allocated.
         unsafe { Iter::new(&self.root, first, last) }
     }
 }
@@ -287,9 +284,7 @@ impl<E: MapleEntry, A: NodeAlloc> Drop for MapleTree<E, A> {
     fn drop(&mut self) {
         let root = self.root.load(Ordering::Relaxed);
         let st = self.writer.get_mut();
-        // SAFETY: `&mut self`: no reader or writer exists, so every node is
-        // ours to free at once. (Any CPU's cache is a correct place to free
-        // to; the allocator's per-CPU caches are locked.)
+        // SAFETY: `&mut self`: no reader or writer exists, so every node is ours to free at once. (Any CPU's cache is a correct place to free to; the allocator's per-CPU caches are locked.)
         unsafe { st.destroy(&self.alloc, 0, root) };
     }
 }
@@ -377,8 +372,7 @@ impl<E: MapleEntry, A: NodeAlloc> MapleWriter<'_, E, A> {
     }
 
     pub fn iter(&self, first: u64, last: u64) -> Iter<'_, E> {
-        // SAFETY: the iterator borrows the writer, so no write (and no
-        // retirement) happens while it lives.
+        // SAFETY: the iterator borrows the writer, so no write (and no retirement) happens while it lives.
         unsafe { Iter::new(&self.tree.root, first, last) }
     }
 

@@ -34,8 +34,7 @@ unsafe fn walk(root: &AtomicPtr<u8>, index: u64) -> Option<LeafPos> {
         let mut e = Enode::from_word(root.load(Ordering::Acquire))?;
         let (mut min, mut max) = (0u64, u64::MAX);
         loop {
-            // SAFETY: `e` was read from the root or from a live node under
-            // the caller's guard (module contract).
+            // SAFETY: `e` was read from the root or from a live node under the caller's guard (module contract).
             let n = unsafe { e.node() };
             let kind = e.kind();
             let off = n.find_slot(kind, index);
@@ -94,8 +93,7 @@ fn to_range<E: MapleEntry>(first: u64, last: u64, w: *mut u8) -> Option<MapleRan
     NonZeroUsize::new(w.addr()).map(|raw| MapleRange {
         first,
         last,
-        // SAFETY: every non-null leaf word of a `MapleTree<E, _>` was stored
-        // by `MapleWriter::store_range` from `E::into_raw`.
+        // SAFETY: every non-null leaf word of a `MapleTree<E, _>` was stored by `MapleWriter::store_range` from `E::into_raw`.
         entry: unsafe { E::from_raw(raw) },
     })
 }

@@ -184,8 +184,7 @@ impl WriterState {
     pub(crate) fn shrink_reserve<A: NodeAlloc>(&mut self, alloc: &A, cpu: CpuId, keep: usize) {
         while self.nreserve > keep {
             self.nreserve -= 1;
-            // SAFETY: reserve nodes came from this allocator and were never
-            // published.
+            // SAFETY: reserve nodes came from this allocator and were never published.
             unsafe { alloc.free_node(cpu, self.reserve[self.nreserve]) };
         }
     }
@@ -385,8 +384,7 @@ impl<'a, A: NodeAlloc> WriteCtx<'a, A> {
         if self.st.nretired == 0 {
             return;
         }
-        // SAFETY: the nodes are unpublished, marked dead, distinct (each
-        // retired once by `retire_subtree`) and no longer used here.
+        // SAFETY: the nodes are unpublished, marked dead, distinct (each retired once by `retire_subtree`) and no longer used here.
         unsafe {
             self.alloc
                 .retire(self.cpu, &self.st.retired[..self.st.nretired])

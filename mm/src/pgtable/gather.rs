@@ -243,10 +243,7 @@ impl<'a> TlbGather<'a> {
         self.stats.pages_released += self.nr_pages as u64;
         self.nr_pages = 0;
         for i in 0..self.nr_tables {
-            // SAFETY: table pages come from `PageTable::{free_tables,
-            // destroy}`, which allocated them from `self.frames` (they
-            // assert it), unlinked them, and gathered each once; the proof
-            // says no CPU can still walk them; nothing else refers to them.
+            // SAFETY: table pages come from `PageTable::{free_tables, destroy}`, which allocated them from `self.frames` (they assert it), unlinked them, and gathered each once; the proof says no CPU can still walk them; nothing else refers to them.
             unsafe { self.frames.free(self.cpu, self.tables[i], 0) };
         }
         self.stats.tables_freed += self.nr_tables as u64;

@@ -721,12 +721,7 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
     #[inline(always)]
     fn table(&self, pa: PhysAddr) -> &Table {
         let p = self.frames.direct_map().to_virt_unchecked(pa);
-        // SAFETY: every `pa` passed here is the root or was read from an
-        // entry of this tree, so it is a frame this page table allocated
-        // from `frames` (inside its direct map, page-aligned, 4 KiB) and
-        // initialised as a table (`prepare_table`); it stays allocated while
-        // reachable from the root, and `free_tables`'s contract keeps walks
-        // out of tables it unlinks. All accesses go through the atomics.
+        // SAFETY: every `pa` passed here is the root or was read from an entry of this tree, so it is a frame this page table allocated from `frames` (inside its direct map, page-aligned, 4 KiB) and initialised as a table (`prepare_table`); it stays allocated while reachable from the root, and `free_tables`'s contract keeps walks out of tables it unlinks. All accesses go through the atomics.
         unsafe { &*p.as_ptr().cast::<Table>() }
     }
 
@@ -745,8 +740,7 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
             let stale = Table {
                 e: core::array::from_fn(|_| AtomicU64::new(stale_pte)),
             };
-            // SAFETY: the frame was just allocated to us and nobody else
-            // can reach it; it is 4 KiB, page-aligned, in the direct map.
+            // SAFETY: the frame was just allocated to us and nobody else can reach it; it is 4 KiB, page-aligned, in the direct map.
             unsafe { core::ptr::write(p.as_ptr().cast::<Table>(), stale) };
         }
         #[cfg(not(loom))]
@@ -758,8 +752,7 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
     fn zero_table(&self, frame: Frame) {
         let p = self.frames.direct_map().to_virt_unchecked(frame.start());
         #[cfg(not(loom))]
-        // SAFETY: the frame is ours alone (freshly allocated, not yet
-        // published): 4 KiB of direct-mapped RAM.
+        // SAFETY: the frame is ours alone (freshly allocated, not yet published): 4 KiB of direct-mapped RAM.
         unsafe {
             core::ptr::write_bytes(p.as_ptr(), 0, PAGE_SIZE)
         };
@@ -860,9 +853,7 @@ impl<'a, F: PteFormat> PageTable<'a, F> {
                 Ok(entry)
             }
             Err(winner) => {
-                // SAFETY: the frame came from `frames` just now and was never
-                // published: nobody else can have seen it, so it needs no
-                // TLB flush either.
+                // SAFETY: the frame came from `frames` just now and was never published: nobody else can have seen it, so it needs no TLB flush either.
                 unsafe { self.frames.free(cpu, frame, 0) };
                 self.counts.races_lost.fetch_add(1, Ordering::Relaxed);
                 Ok(winner)

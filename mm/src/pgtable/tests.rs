@@ -29,9 +29,7 @@ fn leaf<F: PteFormat>(hf: &HostFrames, prot: Prot) -> Pte<F> {
 /// Drops the mapping's reference to every released frame.
 fn free_released(hf: &HostFrames, released: &[Frame]) {
     for &f in released {
-        // SAFETY: the frame came from `hf` in `leaf()`; each mapping of it
-        // holds one reference, and the gather released this mapping after
-        // the flush.
+        // SAFETY: the frame came from `hf` in `leaf()`; each mapping of it holds one reference, and the gather released this mapping after the flush.
         unsafe { hf.put(0, f, 0) };
     }
 }
@@ -321,9 +319,9 @@ fn pgtable_rejects_memory_beyond_the_format() {
     use crate::phys::HostMemory;
     let mem = HostMemory::with_phys_base(64 << 10, 1 << 49);
     let (s, e) = mem.phys_range();
+    let (dmap, cfg) = (mem.direct_map(), FrameConfig::new(1));
     // SAFETY: the memory is ours and outlives the allocator.
-    let fa =
-        unsafe { FrameAllocator::new(mem.direct_map(), &[(s, e)], FrameConfig::new(1)) }.unwrap();
+    let fa = unsafe { FrameAllocator::new(dmap, &[(s, e)], cfg) }.unwrap();
     assert_eq!(
         PageTable::<Mips64Pte>::new(&fa, 0).err(),
         Some(PgTableError::FramesOutOfRange { phys_end: e })
@@ -858,8 +856,7 @@ fn pgtable_root_entries_above_the_limit_are_left_alone() {
     let foreign = X86_64Pte::encode_table(PhysAddr::new(0x7777_7000));
     let entries = root.as_ptr().cast::<u64>();
     for i in 256..512 {
-        // SAFETY: the root is a 4 KiB table this test's page table owns;
-        // entries 256.. are beyond its 2^47 limit.
+        // SAFETY: the root is a 4 KiB table this test's page table owns; entries 256.. are beyond its 2^47 limit.
         unsafe { entries.add(i).write(foreign) };
     }
     let p = leaf::<X86_64Pte>(&hf, Prot::READ | Prot::USER);
@@ -871,9 +868,7 @@ fn pgtable_root_entries_above_the_limit_are_left_alone() {
         vec![(4, 0), (3, 0), (2, 0), (1, 0x40_0000 & !(MIB2 - 1))]
     );
     destroy_all(&hf, pt, baseline);
-    // SAFETY: the root frame went back to the allocator, but its memory is
-    // still the host buffer; the test only checks its upper half was not
-    // rewritten by the teardown.
+    // SAFETY: the root frame went back to the allocator, but its memory is still the host buffer; the test only checks its upper half was not rewritten by the teardown.
     let kept = unsafe { entries.add(300).read() };
     assert_eq!(kept, foreign);
 }

@@ -429,8 +429,7 @@ impl<'a, T: SlabObject> Slab<'a, T> {
         let block = frames.alloc(0, order)?;
         let base = frames.frame_ptr(block).expect("frame from our allocator");
         let inner = base.cast::<CacheInner>();
-        // SAFETY: `cpus_off` lies inside the block and is 128-byte aligned
-        // (the block is page-aligned).
+        // SAFETY: `cpus_off` lies inside the block and is 128-byte aligned (the block is page-aligned).
         let cpus = unsafe { base.add(cpus_off) }.cast::<CachePadded<CpuCache>>();
         for c in 0..nr_cpus {
             let cc = CpuCache {
@@ -441,8 +440,7 @@ impl<'a, T: SlabObject> Slab<'a, T> {
                 allocs: AtomicU64::new(0),
                 frees: AtomicU64::new(0),
             };
-            // SAFETY: entry `c` lies inside the freshly allocated block,
-            // which is ours, and is aligned.
+            // SAFETY: entry `c` lies inside the freshly allocated block, which is ours, and is aligned.
             unsafe { ptr::write(cpus.as_ptr().add(c), CachePadded(cc)) };
         }
         let desc = CacheInner {
@@ -474,8 +472,7 @@ impl<'a, T: SlabObject> Slab<'a, T> {
             pages_freed: AtomicU64::new(0),
             rcu_calls: AtomicU64::new(0),
         };
-        // SAFETY: the block starts with room for the descriptor, is ours and
-        // page-aligned.
+        // SAFETY: the block starts with room for the descriptor, is ours and page-aligned.
         unsafe { ptr::write(inner.as_ptr(), desc) };
         Ok(Slab {
             inner,
@@ -537,9 +534,7 @@ impl<'a, T: SlabObject> Slab<'a, T> {
         };
         // SAFETY: free slots are non-null.
         let slot = unsafe { NonNull::new_unchecked(slot) }.cast::<Slot<T>>();
-        // SAFETY: the slot was free and is now ours; its payload area holds
-        // a stale free-list link or a dropped payload, so overwrite it
-        // without dropping.
+        // SAFETY: the slot was free and is now ours; its payload area holds a stale free-list link or a dropped payload, so overwrite it without dropping.
         unsafe { ptr::write(Slot::payload_ptr(slot), payload) };
         Ok(Owned {
             slot,
@@ -866,8 +861,7 @@ impl<'a, T: SlabObject> Slab<'a, T> {
             let mut node = inner.node.lock();
             for &obj in &objs.objs[..n] {
                 let page = self.page_of(obj);
-                // SAFETY: `obj` is an allocated-to-the-cache slot of the
-                // live `page`; `node` is held.
+                // SAFETY: `obj` is an allocated-to-the-cache slot of the live `page`; `node` is held.
                 unsafe { self.put_on_page(&mut node, page, obj, &mut released) };
             }
         }
@@ -947,9 +941,9 @@ impl<'a, T: SlabObject> Slab<'a, T> {
         let mut free = ptr::null_mut();
         // Construct back to front so that the free list runs front to back.
         for i in (0..inner.objs_per_page as usize).rev() {
+            let off = inner.first_slot + i * inner.slot_size;
             // SAFETY: slot `i` lies inside the page (geometry), aligned.
-            let slot =
-                unsafe { base.add(inner.first_slot + i * inner.slot_size) }.cast::<Slot<T>>();
+            let slot = unsafe { base.add(off) }.cast::<Slot<T>>();
             // SAFETY: the page is ours and unpublished.
             unsafe {
                 ptr::write(Slot::stable_ptr(slot), T::construct(&ctor));
@@ -993,15 +987,11 @@ impl<'a, T: SlabObject> Slab<'a, T> {
             // SAFETY: released pages are ours alone until freed.
             list = unsafe { (*page).state.with(|s| (*s).next) };
             if inner.typesafe_by_rcu && !injected(Fault::SlabFreeWithoutGracePeriod) {
-                // SAFETY: as above; the write is ordered before the
-                // callback's read by `Rcu::call`.
+                // SAFETY: as above; the write is ordered before the callback's read by `Rcu::call`.
                 unsafe { (*page).release_cpu.with_mut(|c| *c = cpu) };
                 inner.rcu_calls.fetch_add(1, Ordering::Relaxed);
                 inner.pages_pending_rcu.fetch_add(1, Ordering::Relaxed);
-                // SAFETY: the head is not queued (a page is released once)
-                // and the page and the cache stay valid until the callback
-                // runs (the page is on no list; `new_typesafe_by_rcu`'s
-                // contract keeps the cache).
+                // SAFETY: the head is not queued (a page is released once) and the page and the cache stay valid until the callback runs (the page is on no list; `new_typesafe_by_rcu`'s contract keeps the cache).
                 unsafe {
                     (*inner.rcu).call(
                         cpu,
@@ -1010,8 +1000,7 @@ impl<'a, T: SlabObject> Slab<'a, T> {
                     )
                 };
             } else {
-                // SAFETY: the page is on no list and (no RCU policy, or the
-                // deliberately broken test variant) may go now.
+                // SAFETY: the page is on no list and (no RCU policy, or the deliberately broken test variant) may go now.
                 unsafe { free_page::<T>(page, cpu) };
             }
         }
@@ -1024,8 +1013,7 @@ impl<'a, T: SlabObject> Slab<'a, T> {
 /// # Safety
 /// `page` left its cache, and nobody will access it again.
 unsafe fn free_page<T: SlabObject>(page: *mut PageHeader, cpu: CpuId) {
-    // SAFETY: the page and its cache are live (the cache outlives its
-    // pages' frees: see `new_typesafe_by_rcu`).
+    // SAFETY: the page and its cache are live (the cache outlives its pages' frees: see `new_typesafe_by_rcu`).
     let inner = unsafe { &*(*page).cache };
     // SAFETY: as above.
     let frame = unsafe { (*page).frame };
@@ -1033,23 +1021,20 @@ unsafe fn free_page<T: SlabObject>(page: *mut PageHeader, cpu: CpuId) {
     let frames = unsafe { &*inner.frames };
     let base = page.cast::<u8>();
     for i in 0..inner.objs_per_page as usize {
-        // SAFETY: every slot's stable part was constructed with the page
-        // and is dropped once, here.
+        // SAFETY: every slot's stable part was constructed with the page and is dropped once, here.
         unsafe {
             let slot = NonNull::new_unchecked(base.add(inner.first_slot + i * inner.slot_size));
             ptr::drop_in_place(Slot::<T>::stable_ptr(slot.cast()));
         }
     }
-    // SAFETY: the header was written by `new_page`; nothing uses it now (an
-    // RCU callback does not touch its head after calling us).
+    // SAFETY: the header was written by `new_page`; nothing uses it now (an RCU callback does not touch its head after calling us).
     unsafe { ptr::drop_in_place(page) };
     for i in 0..1u64 << inner.page_order {
         let m = frames.meta(frame.add(i)).expect("slab frame has metadata");
         m.clear_flag(PageFlags::SLAB);
         m.private.store(ptr::null_mut(), Ordering::Relaxed);
     }
-    // SAFETY: the frames were allocated by `new_page` with this order and
-    // nothing references them any more.
+    // SAFETY: the frames were allocated by `new_page` with this order and nothing references them any more.
     unsafe { frames.free(cpu, frame, inner.page_order) };
     inner.pages_freed.fetch_add(1, Ordering::Release);
 }
@@ -1064,8 +1049,7 @@ unsafe fn free_page<T: SlabObject>(page: *mut PageHeader, cpu: CpuId) {
 unsafe fn rcu_free_page<T: SlabObject>(head: NonNull<RcuHead>) {
     // `rcu` is the first field of the `repr(C)` header.
     let page = head.as_ptr().cast::<PageHeader>();
-    // SAFETY: the page is live until `free_page` below; `release_cpu` was
-    // written before `Rcu::call`.
+    // SAFETY: the page is live until `free_page` below; `release_cpu` was written before `Rcu::call`.
     let (cpu, inner) = unsafe { ((*page).release_cpu.with(|c| *c), (*page).cache) };
     // SAFETY: the grace period has elapsed; the page is ours.
     unsafe { free_page::<T>(page, cpu) };

@@ -77,8 +77,7 @@ pub(super) union Body<P> {
 impl<T: SlabObject> Slot<T> {
     #[inline(always)]
     pub(super) fn stable_ptr(this: NonNull<Self>) -> *mut T::Stable {
-        // SAFETY: `this` points to a slot inside a live slab page; taking a
-        // field address creates no reference.
+        // SAFETY: `this` points to a slot inside a live slab page; taking a field address creates no reference.
         unsafe { ptr::addr_of_mut!((*this.as_ptr()).stable) }
     }
 
@@ -122,24 +121,21 @@ impl<'s, T: SlabObject> Owned<'s, T> {
     /// The constructor-owned part. Shared access only, ever.
     #[inline]
     pub fn stable(&self) -> &T::Stable {
-        // SAFETY: the slot is allocated to us, so its page is alive, and
-        // its stable part was initialised by the constructor.
+        // SAFETY: the slot is allocated to us, so its page is alive, and its stable part was initialised by the constructor.
         unsafe { &*Slot::stable_ptr(self.slot) }
     }
 
     /// The payload.
     #[inline]
     pub fn payload(&self) -> &T::Payload {
-        // SAFETY: allocated slot, payload initialised by `alloc`; we own it
-        // and no `SlabPtr` to it exists yet.
+        // SAFETY: allocated slot, payload initialised by `alloc`; we own it and no `SlabPtr` to it exists yet.
         unsafe { &*Slot::payload_ptr(self.slot) }
     }
 
     /// The payload, mutably: the object is exclusively ours.
     #[inline]
     pub fn payload_mut(&mut self) -> &mut T::Payload {
-        // SAFETY: as for `payload`, and `&mut self` makes this the only
-        // reference.
+        // SAFETY: as for `payload`, and `&mut self` makes this the only reference.
         unsafe { &mut *Slot::payload_ptr(self.slot) }
     }
 
@@ -151,8 +147,7 @@ impl<'s, T: SlabObject> Owned<'s, T> {
     /// Frees the object and hands its payload back (moved out, not
     /// dropped).
     pub fn into_payload(self) -> T::Payload {
-        // SAFETY: we own the slot and its initialised payload; after the
-        // read the slot is recycled without dropping the payload again.
+        // SAFETY: we own the slot and its initialised payload; after the read the slot is recycled without dropping the payload again.
         let payload = unsafe { ptr::read(Slot::payload_ptr(self.slot)) };
         let (slab, cpu, slot) = (self.slab, self.cpu, self.slot);
         core::mem::forget(self);
@@ -249,9 +244,7 @@ impl<T: SlabObject> SlabPtr<T> {
     /// part is then the new object's, and the caller must revalidate.
     #[inline]
     pub unsafe fn stable<'a>(self) -> &'a T::Stable {
-        // SAFETY: the caller guarantees the page is alive for 'a; stable
-        // parts are initialised for the page's whole life and only ever
-        // shared.
+        // SAFETY: the caller guarantees the page is alive for 'a; stable parts are initialised for the page's whole life and only ever shared.
         unsafe { &*Slot::stable_ptr(self.slot) }
     }
 
@@ -266,9 +259,7 @@ impl<T: SlabObject> SlabPtr<T> {
     #[inline]
     pub unsafe fn stable_rcu<'g>(self, guard: &'g RcuReadGuard<'_>) -> &'g T::Stable {
         let _ = guard;
-        // SAFETY: the grace period that must elapse before the page is
-        // freed cannot end while `guard`'s section is open, and the caller
-        // vouches that the page was alive when the section began.
+        // SAFETY: the grace period that must elapse before the page is freed cannot end while `guard`'s section is open, and the caller vouches that the page was alive when the section began.
         unsafe { self.stable() }
     }
 
@@ -285,8 +276,7 @@ impl<T: SlabObject> SlabPtr<T> {
     /// slot's payload with plain stores.
     #[inline]
     pub unsafe fn payload<'a>(self) -> &'a T::Payload {
-        // SAFETY: the caller pinned the object: its payload is initialised
-        // and not written during 'a.
+        // SAFETY: the caller pinned the object: its payload is initialised and not written during 'a.
         unsafe { &*Slot::payload_ptr(self.slot) }
     }
 
@@ -326,8 +316,7 @@ impl<T: SlabObject> SlabPtr<T> {
     #[inline]
     pub unsafe fn from_payload(payload: NonNull<T::Payload>) -> Self {
         let off = core::mem::offset_of!(Slot<T>, body);
-        // SAFETY: the payload is the `body` field of a slot (caller's
-        // contract), so stepping back by its offset stays inside the slot.
+        // SAFETY: the payload is the `body` field of a slot (caller's contract), so stepping back by its offset stays inside the slot.
         let slot = unsafe { payload.cast::<u8>().sub(off) };
         SlabPtr { slot: slot.cast() }
     }

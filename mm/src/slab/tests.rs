@@ -155,8 +155,7 @@ fn dup_copies_only_the_payload() {
     }));
     {
         let _g = src.stable().lock.lock();
-        // SAFETY: `lock` protects `list`, and we hold it; `l` is a live,
-        // unlinked element that the list now owns.
+        // SAFETY: `lock` protects `list`, and we hold it; `l` is a live, unlinked element that the list now owns.
         unsafe { src.stable().list.push_back(UnsafeRef::from_raw(l)) };
     }
     let dst = slab.dup(0, src.payload()).unwrap();
@@ -235,8 +234,7 @@ fn typesafe_by_rcu_frees_pages_after_a_grace_period_one_callback_each() {
         assert_eq!(rcu.stats().callbacks_queued, 3, "one callback per page");
         // A reader inside its section still sees live stable parts.
         for &s in &stables {
-            // SAFETY: the pages wait for a grace period that cannot end
-            // while this CPU is in a read section.
+            // SAFETY: the pages wait for a grace period that cannot end while this CPU is in a read section.
             assert_eq!(unsafe { (*s).magic.load(Ordering::Relaxed) }, LIVE);
         }
     }

@@ -87,9 +87,7 @@ impl AnonRef {
     }
 
     fn stable<'a>(self) -> &'a AnonVmaStable {
-        // SAFETY: anon_vmas are freed only when unreferenced (refcount),
-        // and every caller reaches this one through a live reference: a
-        // VMA's Avc, a child's root pointer, or its own allocation.
+        // SAFETY: anon_vmas are freed only when unreferenced (refcount), and every caller reaches this one through a live reference: a VMA's Avc, a child's root pointer, or its own allocation.
         unsafe { self.0.stable() }
     }
 
@@ -99,8 +97,7 @@ impl AnonRef {
     }
 
     pub fn root(self) -> AnonRef {
-        // SAFETY: set at creation to a live anon_vma (itself or a
-        // referenced ancestor), never null once published.
+        // SAFETY: set at creation to a live anon_vma (itself or a referenced ancestor), never null once published.
         unsafe { AnonRef::from_ptr(self.payload().root.load(Ordering::Relaxed)) }
     }
 
@@ -164,10 +161,7 @@ impl AnonSlabs<'_> {
         let p = owned.publish();
         // SAFETY: just allocated and published nowhere yet: ours alone.
         unsafe { p.payload_mut() }.this = Some(p);
-        // SAFETY: the payload lives until `free_avc` frees it, after it is
-        // unlinked from both lists. The pointer has the slot's provenance
-        // (not that of a reference which later accesses through the slot
-        // pointer would invalidate).
+        // SAFETY: the payload lives until `free_avc` frees it, after it is unlinked from both lists. The pointer has the slot's provenance (not that of a reference which later accesses through the slot pointer would invalidate).
         Ok(unsafe { UnsafeRef::from_raw(p.payload_raw().as_ptr()) })
     }
 
@@ -211,8 +205,7 @@ impl AnonSlabs<'_> {
                 return;
             }
             let root = av.root();
-            // SAFETY: the count reached zero: no Avc and no descendant
-            // refers to it any more.
+            // SAFETY: the count reached zero: no Avc and no descendant refers to it any more.
             unsafe { self.anon_vmas.free_ptr(cpu, av.0) };
             if root == av {
                 return;
@@ -230,8 +223,7 @@ impl AnonSlabs<'_> {
     unsafe fn link(&self, cpu: CpuId, vma: VmaRef, anon: AnonRef) -> Result<(), SlabError> {
         let avc = self.new_avc(cpu, vma, anon)?;
         let root = anon.root();
-        // SAFETY: the caller pinned `vma` and holds its mm's anon lock,
-        // which protects `chains`.
+        // SAFETY: the caller pinned `vma` and holds its mm's anon lock, which protects `chains`.
         unsafe { vma.stable().chains.push_back(avc.clone()) };
         let _g = root.stable().lock.lock();
         // SAFETY: the root lock protects the tree's `avcs` lists.
@@ -338,8 +330,7 @@ impl AnonSlabs<'_> {
             let root = anon.root();
             let now_empty = {
                 let _g = root.stable().lock.lock();
-                // SAFETY: the root lock protects the tree's `avcs` lists,
-                // and `avc` is on `anon`'s list (it was linked by `link`).
+                // SAFETY: the root lock protects the tree's `avcs` lists, and `avc` is on `anon`'s list (it was linked by `link`).
                 unsafe {
                     anon.stable().avcs.remove(&*avc as *const Avc);
                     anon.stable().avcs.is_empty()

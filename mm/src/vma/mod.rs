@@ -168,8 +168,7 @@ impl MapleEntry for VmaRef {
         // (Miri warns about the integer-to-pointer step;
         // `-Zmiri-permissive-provenance` acknowledges it.)
         let p = core::ptr::with_exposed_provenance_mut::<u8>(raw.get());
-        // SAFETY: `p` is the non-zero address of a live slab slot of the
-        // VMA cache, with the provenance exposed by `into_raw`.
+        // SAFETY: `p` is the non-zero address of a live slab slot of the VMA cache, with the provenance exposed by `into_raw`.
         VmaRef(unsafe { SlabPtr::from_raw(NonNull::new_unchecked(p)) })
     }
 }
@@ -318,15 +317,12 @@ impl<'g> RcuVma<'g> {
 
 impl LockableVma for RcuVma<'_> {
     fn vma_lock(&self) -> &VmaLock {
-        // SAFETY: read from the tree inside the read section `'g`, which
-        // outlives `self` (`new`'s contract); the VMA cache is type-safe
-        // by RCU, so the slot's page stays alive for the section.
+        // SAFETY: read from the tree inside the read section `'g`, which outlives `self` (`new`'s contract); the VMA cache is type-safe by RCU, so the slot's page stays alive for the section.
         &unsafe { self.vma.stable() }.lock
     }
 
     fn owner(&self) -> MmId {
-        // SAFETY: `lock_vma_under_rcu` calls this only with a read
-        // reference held, which pins this incarnation.
+        // SAFETY: `lock_vma_under_rcu` calls this only with a read reference held, which pins this incarnation.
         unsafe { self.vma.payload() }.owner()
     }
 

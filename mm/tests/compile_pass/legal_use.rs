@@ -19,8 +19,7 @@ fn main() {
     let avc = Box::into_raw(Box::new(Avc { link: LinkedListAtomicLink::new() }));
     {
         let _g = vma.stable().chain_lock.lock();
-        // SAFETY: `chain_lock` protects the list and is held; `avc` is live
-        // and unlinked.
+        // SAFETY: `chain_lock` protects the list and is held; `avc` is live and unlinked.
         unsafe { vma.stable().anon_vma_chain.push_back(UnsafeRef::from_raw(avc)) };
     }
 

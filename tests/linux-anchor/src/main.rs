@@ -139,9 +139,7 @@ impl Line {
 /// The CPU's cycle counter (the TSC, as Samara's x86_64 figures use).
 #[cfg(target_arch = "x86_64")]
 fn rdtsc() -> u64 {
-    // SAFETY: RDTSC has no memory effects; every x86_64 CPU has it, and user
-    // mode may execute it unless CR4.TSD is set, which Linux leaves clear
-    // for processes that have not asked for PR_SET_TSC.
+    // SAFETY: RDTSC has no memory effects; every x86_64 CPU has it, and user mode may execute it unless CR4.TSD is set, which Linux leaves clear for processes that have not asked for PR_SET_TSC.
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
@@ -174,8 +172,7 @@ struct Region {
 impl Region {
     fn map(pages: usize) -> Result<Region, String> {
         let len = pages * PAGE;
-        // SAFETY: an anonymous private mapping at an address of the kernel's
-        // choosing replaces nothing that Rust code owns.
+        // SAFETY: an anonymous private mapping at an address of the kernel's choosing replaces nothing that Rust code owns.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -200,8 +197,7 @@ impl Region {
     fn touch(&self, tag: u64) -> u64 {
         let t0 = rdtsc();
         for (i, off) in (0..self.len).step_by(PAGE).enumerate() {
-            // SAFETY: `off + 8 <= len`, page-aligned, and [ptr, ptr + len)
-            // is this region's read-write mapping, alive until `self` drops.
+            // SAFETY: `off + 8 <= len`, page-aligned, and [ptr, ptr + len) is this region's read-write mapping, alive until `self` drops.
             unsafe {
                 self.ptr
                     .add(off)
@@ -235,8 +231,7 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
-        // SAFETY: [ptr, ptr + len) is exactly the mapping `map` created, and
-        // no reference into it outlives `self`.
+        // SAFETY: [ptr, ptr + len) is exactly the mapping `map` created, and no reference into it outlives `self`.
         unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
 }
@@ -332,15 +327,13 @@ fn fork_loop(p: &Params) -> Result<Line, String> {
     let t0 = Instant::now();
     let c0 = rdtsc();
     for _ in 0..p.fork_ops {
-        // SAFETY: the child only calls the async-signal-safe `_exit`, so
-        // forking a process that had threads (now all joined) is sound.
+        // SAFETY: the child only calls the async-signal-safe `_exit`, so forking a process that had threads (now all joined) is sound.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
             return Err(format!("fork: {}", std::io::Error::last_os_error()));
         }
         if pid == 0 {
-            // SAFETY: `_exit` ends the child without running any of the
-            // parent's atexit handlers or touching shared stdio state.
+            // SAFETY: `_exit` ends the child without running any of the parent's atexit handlers or touching shared stdio state.
             unsafe { libc::_exit(0) };
         }
         let mut status = 0;
@@ -453,12 +446,9 @@ fn exit_vm(success: bool) -> ! {
     #[cfg(target_arch = "x86_64")]
     {
         let code: u32 = if success { 0x10 } else { 0x11 };
-        // SAFETY: asks for access to the exit port's four bytes only; init
-        // runs with CAP_SYS_RAWIO.
+        // SAFETY: asks for access to the exit port's four bytes only; init runs with CAP_SYS_RAWIO.
         if unsafe { libc::ioperm(DEBUG_EXIT_PORT.into(), 4, 1) } == 0 {
-            // SAFETY: ioperm granted the port; on xtask's machine the write
-            // ends QEMU, elsewhere the port is unused and the write does
-            // nothing.
+            // SAFETY: ioperm granted the port; on xtask's machine the write ends QEMU, elsewhere the port is unused and the write does nothing.
             unsafe {
                 core::arch::asm!("out dx, eax", in("dx") DEBUG_EXIT_PORT, in("eax") code,
                     options(nomem, nostack))

@@ -209,8 +209,7 @@ impl Rig {
     fn new(script: Script) -> Rig {
         let mut master = -1;
         let mut slave = -1;
-        // SAFETY: openpty writes two descriptors to the given ints; the
-        // name, termios and winsize pointers may be NULL.
+        // SAFETY: openpty writes two descriptors to the given ints; the name, termios and winsize pointers may be NULL.
         let r = unsafe {
             libc::openpty(
                 &mut master,
@@ -225,8 +224,7 @@ impl Rig {
         // line discipline would echo the fake's own output back to it.
         set_raw(slave, libc::B115200).unwrap();
         let path = std::fs::read_link(format!("/proc/self/fd/{slave}")).unwrap();
-        // SAFETY: both descriptors were just returned by openpty and are
-        // owned by nothing else; each File takes sole ownership of one.
+        // SAFETY: both descriptors were just returned by openpty and are owned by nothing else; each File takes sole ownership of one.
         let (master, slave) = unsafe { (File::from_raw_fd(master), File::from_raw_fd(slave)) };
         let seen = Arc::new(Mutex::new(Seen::default()));
         let stop = Arc::new(AtomicBool::new(false));

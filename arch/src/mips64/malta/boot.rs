@@ -26,9 +26,7 @@ impl BootMemory for LowRam {
             return false;
         }
         for (i, b) in buf.iter_mut().enumerate() {
-            // SAFETY: `phys + i < limit <= 256 MiB`, so the address is in
-            // CKSEG0's window onto low RAM, which Malta always populates up
-            // to `limit` (see `ram_limit`); reading RAM has no side effects.
+            // SAFETY: `phys + i < limit <= 256 MiB`, so the address is in CKSEG0's window onto low RAM, which Malta always populates up to `limit` (see `ram_limit`); reading RAM has no side effects.
             *b = unsafe { core::ptr::read_volatile((CKSEG0 + phys + i as u64) as *const u8) };
         }
         true

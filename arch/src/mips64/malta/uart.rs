@@ -35,9 +35,7 @@ const LSR_THRE: u8 = 0x20;
 const THRE_SPINS: u32 = 100_000;
 
 fn write_reg(reg: usize, v: u8) {
-    // SAFETY: COM1's registers are MMIO bytes at this CKSEG1 address on every
-    // Malta (and in QEMU's model); CKSEG1 is unmapped, so the store cannot
-    // fault, and writing UART registers touches no memory.
+    // SAFETY: COM1's registers are MMIO bytes at this CKSEG1 address on every Malta (and in QEMU's model); CKSEG1 is unmapped, so the store cannot fault, and writing UART registers touches no memory.
     unsafe { write_volatile((COM1 + reg) as *mut u8, v) }
 }
 

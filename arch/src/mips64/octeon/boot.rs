@@ -35,11 +35,7 @@ impl BootMemory for Xkphys {
             return false;
         }
         for (i, b) in buf.iter_mut().enumerate() {
-            // SAFETY: `phys + i` lies in an Octeon DRAM window (checked
-            // above) and, per the parser's checks, inside the DRAM the boot
-            // loader reported; XKPHYS is unmapped (Status.KX is set), so the
-            // read cannot take a TLB exception, and reading RAM has no side
-            // effects.
+            // SAFETY: `phys + i` lies in an Octeon DRAM window (checked above) and, per the parser's checks, inside the DRAM the boot loader reported; XKPHYS is unmapped (Status.KX is set), so the read cannot take a TLB exception, and reading RAM has no side effects.
             *b = unsafe {
                 core::ptr::read_volatile((XKPHYS_CACHED | (phys + i as u64)) as *const u8)
             };

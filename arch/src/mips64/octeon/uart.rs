@@ -32,16 +32,12 @@ const LSR_THRE: u64 = 0x20;
 const THRE_SPINS: u32 = 1_000_000;
 
 fn csr_read(reg: u64) -> u64 {
-    // SAFETY: UART0's LSR is a 64-bit CSR at this XKPHYS I/O address on
-    // every Octeon (CN3xxx..CN7xxx); Status.KX is set, so the access is a
-    // plain uncached load that cannot fault, and reading LSR only reports
-    // status.
+    // SAFETY: UART0's LSR is a 64-bit CSR at this XKPHYS I/O address on every Octeon (CN3xxx..CN7xxx); Status.KX is set, so the access is a plain uncached load that cannot fault, and reading LSR only reports status.
     unsafe { read_volatile((UART0 + reg) as *const u64) }
 }
 
 fn csr_write(reg: u64, v: u64) {
-    // SAFETY: as in `csr_read`; THR is the UART's write-only transmit
-    // register and writing it touches no memory.
+    // SAFETY: as in `csr_read`; THR is the UART's write-only transmit register and writing it touches no memory.
     unsafe { write_volatile((UART0 + reg) as *mut u64, v) }
 }
 

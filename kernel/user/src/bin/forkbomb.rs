@@ -25,9 +25,11 @@ fn fill(base: u64, tag: u64) {
 }
 
 fn holds(base: u64, tag: u64) -> bool {
-    // SAFETY: as in `fill`.
-    (0..PAGES)
-        .all(|i| unsafe { ((base + i * PAGE) as *const u64).read_volatile() } == tag << 16 | i)
+    (0..PAGES).all(|i| {
+        // SAFETY: as in `fill`.
+        let v = unsafe { ((base + i * PAGE) as *const u64).read_volatile() };
+        v == tag << 16 | i
+    })
 }
 
 /// A child or grandchild: check the inherited contents, write its own (COW),

@@ -34,8 +34,7 @@ fn in_child(f: fn()) -> u64 {
 }
 
 fn read_unmapped() {
-    // SAFETY: none: the read is meant to fault (nothing is mapped at 64 KiB
-    // and below), and the kernel kills the process.
+    // SAFETY: none: the read is meant to fault (nothing is mapped at 64 KiB and below), and the kernel kills the process.
     let v = unsafe { (0x1000 as *const u64).read_volatile() };
     println!("segv: read of 0x1000 returned {v}");
 }
@@ -59,8 +58,7 @@ fn exec_data() {
         // SAFETY: the page is ours and writable.
         unsafe { (p as *mut u8).add(i).write_volatile(*b) };
     }
-    // SAFETY: none where the MMU enforces PROT_EXEC: the page is not
-    // executable, so the call faults. Elsewhere it returns at once.
+    // SAFETY: none where the MMU enforces PROT_EXEC: the page is not executable, so the call faults. Elsewhere it returns at once.
     let f: extern "C" fn() = unsafe { core::mem::transmute(p as usize) };
     f();
     println!("segv: executing a data page returned");

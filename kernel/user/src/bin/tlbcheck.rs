@@ -37,8 +37,7 @@ fn p() -> *mut u64 {
 }
 
 fn q() -> &'static AtomicU64 {
-    // SAFETY: Q holds the address of a private page mapped for the whole
-    // run and used only as an atomic counter.
+    // SAFETY: Q holds the address of a private page mapped for the whole run and used only as an atomic counter.
     unsafe { &*(Q.load(Ordering::Relaxed) as *const AtomicU64) }
 }
 
@@ -47,8 +46,7 @@ extern "C" fn writer(_: u64) -> u64 {
     let mut i = 0u64;
     while !STOP.load(Ordering::Relaxed) {
         i += 1;
-        // SAFETY: P is mapped (or, in the mprotect check, the store faults
-        // and the kernel kills the process, which is the point).
+        // SAFETY: P is mapped (or, in the mprotect check, the store faults and the kernel kills the process, which is the point).
         unsafe { p().write_volatile(i) };
         q().store(i, Ordering::Release);
     }
